@@ -1,0 +1,130 @@
+"""Config: defaults, TOML file, environment, flags, and the messages for mistakes."""
+from __future__ import annotations
+
+import tempfile
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from device.config import Config, ConfigError, load_config, to_toml
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_work_without_a_file(tmp_path: Path) -> None:
+    cfg = load_config(env={"HOME": str(tmp_path)})
+    assert cfg.camera.source == "auto"
+    assert cfg.capture.interval == 5.0
+    assert cfg.model.captioner == "captioner-int8"
+    assert cfg.web.port == 8080 and cfg.web.auth is True
+    assert cfg.path is None or cfg.path == Path("/etc/edgecap/config.toml")
+
+
+def test_file_values_and_precedence(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        """
+data_dir = "/srv/from-file"
+[camera]
+source = "Folder"
+folder = "/srv/incoming"
+[capture]
+interval = 2
+min_change = 0.1
+[web]
+port = 9000
+""",
+    )
+    cfg = load_config(p, env={})
+    assert cfg.path == p
+    assert cfg.camera.source == "folder"  # case-insensitive choice
+    assert cfg.capture.interval == 2.0 and isinstance(cfg.capture.interval, float)
+    assert cfg.web.port == 9000
+    assert cfg.data_dir == Path("/srv/from-file")
+
+    # environment beats the file, flags beat both; None flags are ignored
+    cfg = load_config(p, env={"EDGECAP_DATA_DIR": "/srv/env"}, overrides={"web": {"port": None}})
+    assert cfg.data_dir == Path("/srv/env") and cfg.web.port == 9000
+    cfg = load_config(
+        p, env={"EDGECAP_DATA_DIR": "/srv/env"}, overrides={"data_dir": "/srv/flag", "web": {"port": 81}}
+    )
+    assert cfg.data_dir == Path("/srv/flag") and cfg.web.port == 81
+
+
+def test_edgecap_config_env_and_password(tmp_path: Path) -> None:
+    p = write(tmp_path, "[model]\nbeam_width = 5\n")
+    cfg = load_config(env={"EDGECAP_CONFIG": str(p), "EDGECAP_PASSWORD": "s3cret"})
+    assert cfg.model.beam_width == 5
+    assert cfg.web.password == "s3cret"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in to_toml(cfg)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[camera]\nsorce = 'usb'\n", ["[camera] sorce", "did you mean 'source'"]),
+        ("colour = 1\n", ["unknown key colour"]),
+        ("[cmaera]\nsource = 'usb'\n", ["unknown key cmaera", "'camera'"]),
+        ("[capture]\ninterval = 'fast'\n", ["[capture] interval", "must be a number"]),
+        ("[capture]\ninterval = -1\n", ["[capture] interval", ">= 0"]),
+        ("[capture]\nmin_change = 2\n", ["[capture] min_change", "<= 1"]),
+        ("[web]\nport = 70000\n", ["[web] port"]),
+        ("[web]\nauth = 'yes'\n", ["[web] auth", "true or false"]),
+        ("[model]\nnum_threads = 1.5\n", ["[model] num_threads", "whole number"]),
+        ("[model]\nbeam_width = true\n", ["[model] beam_width", "must be a number"]),
+        ("[camera]\nsource = 'webcam'\n", ["[camera] source", "must be one of"]),
+        ("[camera]\nsource = 'stream'\n", ["[camera] url"]),
+        ("[camera]\nsource = 'folder'\n", ["[camera] folder"]),
+        ("[web]\npassword = 'plain'\n", ["unknown key [web] password"]),
+        ("camera = 3\n", ["[camera] must be a table"]),
+        ("[camera\n", ["not valid TOML"]),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path: Path, text: str, words: list[str]) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, env={})
+    msg = str(e.value)
+    assert str(p) in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_file_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_bad_flag_value_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"command line: \[web\] port"):
+        load_config(env={}, overrides={"web": {"port": 0}})
+
+
+def test_to_toml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(env={}, overrides={"camera": {"source": "samples"}, "web": {"secret_key": "abc"}})
+    text = to_toml(cfg)
+    assert "abc" not in text
+    again = load_config(write(tmp_path, text), env={})
+    assert again.camera == cfg.camera and again.capture == cfg.capture and again.model == cfg.model
+    assert again.data_dir == cfg.data_dir and again.models_dir == cfg.models_dir
+    assert isinstance(Config().camera.width, int)
+
+
+def test_example_config_in_docs_loads() -> None:
+    doc = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+    text = doc.read_text()
+    start = text.index("```toml") + len("```toml")
+    example = text[start : text.index("```", start)]
+    data = tomllib.loads(example)
+    assert "camera" in data
+    # the documented example must pass validation as written
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "c.toml"
+        p.write_text(example)
+        cfg = load_config(p, env={})
+    assert cfg.camera.source in ("auto", "picamera2", "usb", "jetson", "stream", "folder", "samples")
