@@ -1,0 +1,7 @@
+"""The local-network search page and JSON API (Flask app served by waitress)."""
+from .app import create_app, make_server, serve
+from .auth import hash_password
+from .settings import WebConfigError, WebSettings, effective_host, load_or_create_secret
+
+__all__ = ["create_app", "make_server", "serve", "hash_password", "WebConfigError", "WebSettings",
+           "effective_host", "load_or_create_secret"]

@@ -1,0 +1,172 @@
+"""The JSON API: search, captures, images by id, captioning an upload, stats."""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, abort, jsonify, request, send_file
+
+from . import params
+from .app import state
+from .uploads import decode_upload
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+DEFAULT_K = 24
+
+
+def _search(q: str, k: int, source: str | None, since: float | None, until: float | None):
+    from device.search import search  # the one ranking shared with the page and the CLI
+
+    st = state()
+    return search(st.store, q, k=k, embedder=st.embedder, source=source, since=since, until=until)
+
+
+@bp.get("/search")
+def api_search():
+    """GET /api/search?q=&k=&source=&since=&until= : ranked captures (newest when q is empty)."""
+    q = params.query_arg(request.args)
+    k = params.int_arg(request.args, "k", DEFAULT_K, 1, params.MAX_K)
+    source = params.source_arg(request.args)
+    since, until = params.range_args(request.args)
+    t0 = time.perf_counter()
+    res = _search(q, k, source, since, until)
+    took = (time.perf_counter() - t0) * 1000
+    return jsonify({
+        "query": q, "k": k, "mode": res.mode, "notice": res.notice, "took_ms": round(took, 2),
+        "items": [params.capture_json(c) for c in res.items],
+    })
+
+
+@bp.get("/captures")
+def api_captures():
+    """GET /api/captures?limit=&offset=&after_id=&source=&since=&until= : newest first, paged."""
+    limit = params.int_arg(request.args, "limit", DEFAULT_K, 1, params.MAX_K)
+    offset = params.int_arg(request.args, "offset", 0, 0, params.MAX_OFFSET)
+    after_id = params.int_arg(request.args, "after_id", 0, 0, 2**62)
+    source = params.source_arg(request.args)
+    since, until = params.range_args(request.args)
+    rows = state().store.recent(limit, offset, source=source, since=since, until=until)
+    if after_id:
+        # Live updates: only what arrived after the newest capture the page already shows.
+        rows = [r for r in rows if int(r["id"]) > after_id]
+    items = [params.capture_json(r) for r in rows]
+    more = len(rows) == limit and not after_id
+    return jsonify({
+        "items": items, "limit": limit, "offset": offset,
+        "next_offset": offset + limit if more else None,
+    })
+
+
+def _get_capture(cid: int) -> dict[str, Any]:
+    c = state().store.get(cid)
+    if c is None:
+        abort(404)
+    return c
+
+
+@bp.get("/captures/<int:cid>")
+def api_capture(cid: int):
+    """GET /api/captures/<id> : one capture with its beams, words and attention maps."""
+    return jsonify(params.capture_json(_get_capture(cid), full=True))
+
+
+def _send_stored(cid: int, kind: str):
+    # Only files the store names for this id are ever sent: no client-supplied path reaches the disk.
+    path = state().store.file_path(cid, kind)
+    if path is None or not Path(path).is_file():
+        abort(404)
+    resp = send_file(path, mimetype="image/jpeg", conditional=True, max_age=7 * 24 * 3600)
+    resp.headers["Cache-Control"] = "private, max-age=604800, immutable"  # a capture never changes
+    return resp
+
+
+@bp.get("/captures/<int:cid>/image")
+def capture_image(cid: int):
+    return _send_stored(cid, "image")
+
+
+@bp.get("/captures/<int:cid>/thumb")
+def capture_thumb(cid: int):
+    return _send_stored(cid, "thumb")
+
+
+def caption_json(c: Any, model_id: str | None) -> dict[str, Any]:
+    return {
+        "caption": c.text,
+        "score": params._num(c.score),
+        "words": [str(w) for w in c.words],
+        "attention": params.attention_lists(c.attention),
+        "beams": [{"text": b["text"], "score": params._num(b["score"])} for b in c.beams],
+        "model": model_id,
+    }
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@bp.post("/caption")
+def api_caption():
+    """POST /api/caption (multipart `image`, optional `keep=1`): caption, score, words, attention."""
+    st = state()
+    if st.captioner is None:
+        return jsonify({"error": "no captioner is loaded on this device", "status": 503}), 503
+    img = decode_upload(request.files.get("image"), st.settings.max_upload_bytes)
+    t0 = time.perf_counter()
+    with st.caption_lock:
+        cap = st.captioner.caption(img, beam_width=st.settings.beam_width)
+    took = (time.perf_counter() - t0) * 1000
+    model_id = getattr(st.captioner, "model_id", None)
+    out = caption_json(cap, model_id)
+    out["took_ms"] = round(took, 1)
+    if _truthy(request.form.get("keep")):
+        embedding = None
+        if st.embedder is not None:
+            embedding = st.embedder.embed([cap.text])[0]
+        cid = st.store.add(
+            img, time=time.time(), source="upload", original_path=None, caption=cap.text,
+            score=cap.score, model_id=model_id, beams=cap.beams, attention=cap.attention,
+            embedding=embedding, image_vector=getattr(cap, "image_vector", None),
+        )
+        out["capture"] = params.capture_json(st.store.get(cid) or {"id": cid})
+    return jsonify(out)
+
+
+@bp.get("/stats")
+def api_stats():
+    """GET /api/stats : counts, disk, models, uptime."""
+    st = state()
+    stats = dict(st.store.stats() or {})
+    data_dir = getattr(st.store, "data_dir", None) or getattr(st.settings, "data_dir", None)
+    if data_dir and "disk" not in stats:
+        try:
+            du = shutil.disk_usage(data_dir)
+            stats["disk"] = {"total_bytes": du.total, "free_bytes": du.free}
+        except OSError:
+            pass
+    stats["models"] = {
+        "captioner": getattr(st.captioner, "model_id", None),
+        "embedder": getattr(st.embedder, "model_id", None),
+    }
+    stats["search_mode"] = "hybrid" if st.embedder is not None else "keyword"
+    stats["uptime_s"] = round(time.time() - st.started, 1)
+    stats["started"] = params.iso_time(st.started)
+    return jsonify(_jsonable(stats))
+
+
+def _jsonable(x: Any) -> Any:
+    """Store stats may hold Paths or numpy numbers; make them JSON-friendly."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item") and callable(x.item):
+        return x.item()
+    return x

@@ -1,0 +1,49 @@
+"""Checking and decoding an uploaded photo: anything that is not a sane JPEG/PNG/WebP becomes a 4xx."""
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+
+FORMATS = ("JPEG", "PNG", "WEBP")
+MAX_PIXELS = 40_000_000  # ~ a 48 MP phone photo at most; bigger is a decompression bomb here
+
+
+def decode_upload(file: FileStorage | None, max_bytes: int) -> Image.Image:
+    """The uploaded `image` field as an RGB PIL image, upright (EXIF orientation applied).
+
+    Raises BadRequest (no file / empty / damaged), UnsupportedMediaType (not JPEG/PNG/WebP) or
+    RequestEntityTooLarge (bytes or pixels), each with a message a user can act on.
+    """
+    if file is None:
+        raise BadRequest(description="send the photo as a multipart form field named 'image'")
+    data = file.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RequestEntityTooLarge()
+    if not data:
+        raise BadRequest(description="the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            w, h = img.size
+            if w < 1 or h < 1:
+                raise BadRequest(description="the image has no pixels")
+            if w * h > MAX_PIXELS:
+                raise RequestEntityTooLarge(description=f"the image is too large ({w}x{h} pixels)")
+            img = ImageOps.exif_transpose(img)  # also decodes the pixels: damage shows up here
+            img = img.convert("RGB")
+    except Image.UnidentifiedImageError:
+        raise UnsupportedMediaType(description="not a JPEG, PNG or WebP image") from None
+    except (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestEntityTooLarge(description="the image has too many pixels") from None
+    except MemoryError:
+        raise RequestEntityTooLarge(description="the image is too large to decode") from None
+    except Exception:  # Pillow raises many types on crafted input (OSError, SyntaxError, struct.error...)
+        raise BadRequest(description="the image file is damaged or truncated") from None
+    return img
