@@ -10,9 +10,10 @@ import difflib
 import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 SYSTEM_CONFIG = Path("/etc/edgecap/config.toml")
 
@@ -138,9 +139,8 @@ def _coerce(where: str, fld: dataclasses.Field, value: Any) -> Any:
         # TOML gives ints and floats; bools are ints in Python and must not sneak through.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: must be a number, got {value!r}")
-        if kind is int and isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"{where}: must be a whole number, got {value!r}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: must be a whole number, got {value!r}")
         value = kind(value)
         if "min" in meta and value < meta["min"]:
             raise ConfigError(f"{where}: must be >= {meta['min']}, got {value!r}")
