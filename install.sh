@@ -393,6 +393,8 @@ install_models() {
         set="${set%/}"
         [[ -f "$set/manifest.json" ]] || continue
         name="$(basename "$set")"
+        # Float sets are the workstation's reference (large, slow on a Pi); copy one by hand if wanted.
+        [[ "$name" == *-float* ]] && continue
         if [[ "$RUNTIME" == "tflite-runtime" ]] && is_four_bit "$set"; then
             say "Skipping model $name: 4-bit weights need ai-edge-litert"
             continue
