@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 DEFAULT_K = 24
+CAPTION_WAIT_S = 30.0
 
 
 def _search(q: str, k: int, source: str | None, since: float | None, until: float | None):
@@ -114,12 +115,18 @@ def _truthy(v: str | None) -> bool:
 def api_caption():
     """POST /api/caption (multipart `image`, optional `keep=1`): caption, score, words, attention."""
     st = state()
+    # Check the upload first: a bad file is the client's error whatever state the device is in.
+    img = decode_upload(request.files.get("image"), st.settings.max_upload_bytes)
     if st.captioner is None:
         return jsonify({"error": "no captioner is loaded on this device", "status": 503}), 503
-    img = decode_upload(request.files.get("image"), st.settings.max_upload_bytes)
     t0 = time.perf_counter()
-    with st.caption_lock:
+    # One caption at a time; a queue longer than this means the device is overloaded.
+    if not st.caption_lock.acquire(timeout=CAPTION_WAIT_S):
+        return jsonify({"error": "the captioner is busy; try again shortly", "status": 503}), 503
+    try:
         cap = st.captioner.caption(img, beam_width=st.settings.beam_width)
+    finally:
+        st.caption_lock.release()
     took = (time.perf_counter() - t0) * 1000
     model_id = getattr(st.captioner, "model_id", None)
     out = caption_json(cap, model_id)

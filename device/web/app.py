@@ -210,7 +210,7 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     app.extensions["edgecap"] = AppState(
         settings=settings, store=store, captioner=captioner, embedder=embedder,
         started=time.time() if started is None else started, checker=checker,
-        limiter=FailureLimiter(), static_version=_static_version(),
+        limiter=FailureLimiter(max_failures=settings.max_login_failures), static_version=_static_version(),
     )
 
     app.before_request(_authenticate)
@@ -256,23 +256,65 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     return app
 
 
-def make_server(app: Flask, host: str = "0.0.0.0", port: int = 8080, threads: int = 8):
-    """A waitress server bound to host:port (port 0 = any free port); call .run(), stop with .close().
+class WebServer:
+    """A waitress server that can be stopped cleanly from another thread or a signal handler.
 
-    Requests larger than the upload limit are refused by waitress before they reach the app.
+    waitress's own `close()` tears the sockets down under a running select() loop; here the loop
+    runs in short slices and the serving thread closes everything itself once `stop()` is called.
     """
-    from waitress.server import create_server
 
-    max_body = int(app.config.get("MAX_CONTENT_LENGTH") or 10 * 1024 * 1024) + 64 * 1024
-    return create_server(
-        app, host=host, port=port, threads=threads, ident="edgecap",
-        max_request_body_size=max_body, clear_untrusted_proxy_headers=True,
-        channel_timeout=60, connection_limit=200,
-    )
+    def __init__(self, app: Flask, host: str, port: int, threads: int):
+        from waitress.server import create_server
+
+        max_body = int(app.config.get("MAX_CONTENT_LENGTH") or 10 * 1024 * 1024) + 64 * 1024
+        # Requests larger than the upload limit are refused by waitress before they reach the app.
+        self._server = create_server(
+            app, host=host, port=port, threads=threads, ident="edgecap",
+            max_request_body_size=max_body, clear_untrusted_proxy_headers=True,
+            channel_timeout=60, connection_limit=200,
+        )
+        self._stop = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.effective_port)
+
+    @property
+    def host(self) -> str:
+        return str(self._server.effective_host)
+
+    def serve_forever(self) -> None:
+        """Serve until `stop()`; then close the sockets and wait for running requests to finish."""
+        from waitress import wasyncore
+
+        srv = self._server
+        try:
+            while not self._stop.is_set():
+                wasyncore.loop(timeout=srv.adj.asyncore_loop_timeout, map=srv._map,
+                               use_poll=srv.adj.asyncore_use_poll, count=1)
+        finally:
+            srv.task_dispatcher.shutdown()
+            wasyncore.close_all(srv._map)
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self._server.pull_trigger()  # wake the select() now rather than at its timeout
+        except OSError:
+            pass
+
+
+def make_server(app: Flask, host: str = "0.0.0.0", port: int = 8080, threads: int = 8) -> WebServer:
+    """A waitress server bound to host:port (port 0 = any free port). Run it with
+    `.serve_forever()` (in a thread if you like) and end it with `.stop()`; `.port` is the real port."""
+    return WebServer(app, host, port, threads)
 
 
 def serve(app: Flask, host: str = "0.0.0.0", port: int = 8080, threads: int = 8) -> None:
     """Serve `app` with waitress until interrupted (never Flask's development server)."""
     server = make_server(app, host, port, threads)
-    log.info("serving on http://%s:%s/", host, server.effective_port)
-    server.run()
+    log.info("serving on http://%s:%s/", host, server.port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass

@@ -55,8 +55,9 @@ def source_arg(args: Mapping[str, str]) -> str | None:
 
 
 def date_arg(args: Mapping[str, str], name: str, *, end_of_day: bool = False) -> float | None:
-    """An ISO date or date-time as a Unix time. A bare date means the device's local day;
-    with end_of_day (for `until`) it means the end of that day, so until=2024-05-01 includes it."""
+    """An ISO date or date-time as a Unix time. A bare date means the device's local day; with
+    end_of_day (for `until`, which the store treats as exclusive) it means the next day's midnight,
+    so until=2024-05-01 includes that whole day."""
     raw = (args.get(name) or "").strip()
     if not raw:
         return None
@@ -74,8 +75,6 @@ def date_arg(args: Mapping[str, str], name: str, *, end_of_day: bool = False) ->
         ts = moment.timestamp()  # naive values are local time, as a user typing a date means
     except (OverflowError, OSError, ValueError):
         raise bad(f"{name} is out of range: {raw!r}") from None
-    if end_of_day and len(raw) == 10:
-        ts -= 1e-6  # the day's last instant: filters treat `until` as inclusive
     return ts
 
 
@@ -149,6 +148,8 @@ def capture_json(c: Mapping[str, Any], *, full: bool = False) -> dict[str, Any]:
         "source": c.get("source"),
         "original_path": c.get("original_path"),
         "model": c.get("model_id"),
+        "width": c.get("width"),
+        "height": c.get("height"),
         "url": url_for("views.capture_page", cid=cid),
         "image_url": url_for("api.capture_image", cid=cid),
         "thumb_url": url_for("api.capture_thumb", cid=cid),

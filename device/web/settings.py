@@ -34,6 +34,7 @@ class WebSettings:
     data_dir: Path | None = None  # where a generated secret key is persisted
     username: str = "edgecap"  # shown in docs; any user name is accepted, only the password counts
     beam_width: int = 3  # for POST /api/caption
+    max_login_failures: int = 20  # per client address per minute, then 429
     secure_cookies: bool = False  # set True behind an HTTPS reverse proxy
 
 

@@ -35,9 +35,9 @@
     t.dateTime = c.time || "";
     t.textContent = edgecap.formatTime(c.time);
     a.querySelector(".src").textContent = c.source || "";
-    const score = c.rank_score !== undefined ? c.rank_score : c.score;
-    a.querySelector(".score").textContent = edgecap.fmtScore(score);
-    a.querySelector(".score").title = c.rank_score !== undefined ? "match score" : "caption score";
+    // search results show how well they match; the newest-first list shows the caption's own score
+    const ranked = c.rank_score !== undefined;
+    a.querySelector(".score").textContent = (ranked ? "match " : "score ") + edgecap.fmtScore(ranked ? c.rank_score : c.score);
     if (isNew) a.classList.add("new");
     return a;
   }

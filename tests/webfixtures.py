@@ -1,0 +1,158 @@
+"""Shared by tests/test_web.py and tests/test_browser.py: a real Store filled from the bundled sample
+photos, a real waitress server on a free port, and a small HTTP client over a socket."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from device.store import Store
+from device.web import make_server
+
+SAMPLES = Path(__file__).resolve().parent.parent / "device" / "samples"
+PASSWORD = "correct horse battery staple"
+DAY = 86400.0
+T0 = 1_714_000_000.0  # 2024-04-24 (UTC), far from any test's "now"
+
+# Hand-written captions (what a good model would say) and where the attention should sit (row, col).
+CAPTURES = [
+    ("dog_and_cats.jpg", "two dogs and two cats sit in front of a pink wall", (3, 3), "samples"),
+    ("fox_in_snow.jpg", "a red fox stands in the snow", (3, 3), "samples"),
+    ("cat_chelsea.jpg", "a close up of a cat with green eyes", (2, 3), "samples"),
+    ("cat_in_box.jpg", "a cat sleeps in a cardboard box", (4, 3), "folder"),
+    ("coffee_cup.jpg", "a cup of coffee on a wooden table", (3, 3), "folder"),
+    ("boy_red_cap.jpg", "a boy in a red cap stands by the railway", (2, 3), "folder"),
+    ("rocket_launch.jpg", "a rocket on a launch pad at night", (3, 3), "samples"),
+]
+
+
+def attention_for(words: int, centre: tuple[int, int]) -> np.ndarray:
+    """A plausible attention map per word: a normalised Gaussian blob that drifts word by word."""
+    yy, xx = np.mgrid[0:7, 0:7]
+    maps = []
+    for i in range(words):
+        r, c = centre[0] + (i % 3) - 1, centre[1] + (i % 2)
+        m = np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / 2.0)
+        maps.append(m / m.sum())
+    return np.stack(maps).astype(np.float32)
+
+
+def add_sample(store: Store, i: int, *, time: float | None = None) -> int:
+    name, caption, centre, source = CAPTURES[i % len(CAPTURES)]
+    img = Image.open(SAMPLES / name).convert("RGB")
+    words = caption.split()
+    return store.add(
+        img, time=T0 + i * DAY if time is None else time, source=source,
+        original_path=f"/srv/camera/{name}" if source == "folder" else None,
+        caption=caption, score=-0.5 - 0.05 * i, model_id="captioner-int8",
+        beams=[{"text": caption, "score": -0.5 - 0.05 * i},
+               {"text": " ".join(words[:-1]) + " outside", "score": -0.9 - 0.05 * i}],
+        attention=attention_for(len(words), centre),
+    )
+
+
+def fill_store(data_dir: Path) -> Store:
+    """One capture per sample photo, one day apart, oldest first (ids 1..7)."""
+    store = Store(data_dir)
+    for i in range(len(CAPTURES)):
+        add_sample(store, i)
+    return store
+
+
+@contextlib.contextmanager
+def running(app: Any, threads: int = 8) -> Iterator[str]:
+    """Serve `app` with waitress on 127.0.0.1:<free port>; yields the base URL."""
+    server = make_server(app, "127.0.0.1", 0, threads=threads)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+        t.join(10)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def basic(password: str = PASSWORD, user: str = "edgecap") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+class Client:
+    """Raw HTTP/1.1 over a socket (http.client): sends exactly what the test says, nothing hidden."""
+
+    def __init__(self, base: str, headers: dict[str, str] | None = None):
+        host_port = base.split("//", 1)[1]
+        self.host, port = host_port.split(":")
+        self.port = int(port)
+        self.headers = dict(headers or {})
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        h = {**self.headers, **(headers or {})}
+        if self.cookies and "Cookie" not in h:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        try:
+            conn.request(method, path, body=body, headers=h)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        for value in resp.headers.get_all("Set-Cookie") or []:
+            name, _, rest = value.partition("=")
+            self.cookies[name.strip()] = rest.split(";", 1)[0]
+        return Reply(resp.status, resp.headers, data)
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+             **kw: Any) -> Reply:
+        return self.request("POST", path, body=body, headers=headers, **kw)
+
+
+def multipart(fields: dict[str, str] | None = None, files: dict[str, tuple[str, bytes, str]] | None = None,
+              boundary: str = "edgecapTestBoundary7MA4YWxk") -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body and its Content-Type header."""
+    parts: list[bytes] = []
+    for k, v in (fields or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+    for k, (fname, data, ctype) in (files or {}).items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{fname}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def wait_until(pred, timeout: float = 10.0, every: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(every)
+    return pred()
