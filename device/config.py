@@ -88,7 +88,7 @@ class StoreConfig:
 @dataclass
 class WebConfig:
     enabled: bool = _f(True)
-    host: str = _f("0.0.0.0")
+    host: str = _f("")  # "" = 0.0.0.0 with auth, 127.0.0.1 without
     port: int = _f(8080, min=1, max=65535)
     auth: bool = _f(True)
     password_hash: str = _f("")

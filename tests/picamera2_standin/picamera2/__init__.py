@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import numpy as np
 
 # Test hooks: not part of picamera2.
+def _env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+# Environment variables set these for subprocesses (edgecap run under test).
 STANDIN: dict[str, Any] = {
-    "cameras": 1,  # how many cameras global_camera_info() reports
-    "fail_after": None,  # capture_array raises after this many captures (camera unplugged)
+    "cameras": _env_int("PICAMERA2_STANDIN_CAMERAS", 1),  # how many cameras global_camera_info() reports
+    "fail_after": _env_int("PICAMERA2_STANDIN_FAIL_AFTER", None),  # capture_array raises after this many
     "calls": [],  # names of the methods called, in order
     "open": 0,  # Picamera2 objects not closed yet
 }

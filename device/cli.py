@@ -1,0 +1,294 @@
+"""`edgecap`: the command line. One sub-command per library call; errors a user can cause become one line.
+
+Heavy modules (models, store, web, OpenCV) are imported inside the sub-commands, so `edgecap --help`
+answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from device.config import Config, ConfigError, load_config
+
+log = logging.getLogger("edgecap")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit code 1."""
+
+
+def setup_logging(level: str) -> None:
+    # journald adds its own timestamps; JOURNAL_STREAM tells us stderr goes there
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgecap", description="Offline image captioning camera.")
+    p.add_argument("--config", metavar="PATH", help="TOML config file (default: $EDGECAP_CONFIG, "
+                   "then /etc/edgecap/config.toml if present)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the database and images live ($EDGECAP_DATA_DIR)")
+    p.add_argument("--models-dir", metavar="DIR", help="where the model sets live ($EDGECAP_MODELS_DIR)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: [log] level")
+    p.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="capture, caption and store until stopped; also serves the web page")
+    r.add_argument("--no-web", action="store_true", help="do not serve the web page")
+    r.add_argument("--source", help="override [camera] source (auto, picamera2, usb, jetson, stream, "
+                   "folder, samples)")
+    r.add_argument("--interval", type=float, help="override [capture] interval (seconds)")
+    r.add_argument("--max-captures", type=int, help="stop after this many stored captures")
+
+    c = sub.add_parser("caption", help="caption image files (no store)")
+    c.add_argument("images", nargs="+", metavar="IMAGE")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.add_argument("--model", help="captioner set name or folder (e.g. captioner-int4)")
+    c.add_argument("--beam", type=int, help="beam width (1 = greedy); default [model] beam_width")
+
+    i = sub.add_parser("ingest", help="caption a folder of existing photos into the store")
+    i.add_argument("paths", nargs="+", metavar="DIR", help="folders (searched recursively) or image files")
+    i.add_argument("--json", action="store_true", help="print one JSON line per stored capture, with its id")
+    i.add_argument("--model", help="captioner set name or folder")
+    i.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+
+    s = sub.add_parser("search", help="search the stored captions")
+    s.add_argument("query", nargs="+")
+    s.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    sub.add_parser("doctor", help="check runtime, models, camera, store and disk; say what to fix")
+
+    w = sub.add_parser("serve", help="serve the web page only (no capturing)")
+    w.add_argument("--host", help="default: [web] host")
+    w.add_argument("--port", type=int, help="default: [web] port")
+    w.add_argument("--no-auth", action="store_true", help="no password; listens on 127.0.0.1 unless --host")
+
+    sub.add_parser("hash-password", help="print a password hash for [web] password_hash")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {
+        "data_dir": args.data_dir,
+        "models_dir": args.models_dir,
+        "log": {"level": "debug" if args.verbose else args.log_level},
+    }
+    if args.command == "run":
+        overrides["camera"] = {"source": args.source}
+        overrides["capture"] = {"interval": args.interval, "max_captures": args.max_captures}
+    if args.command == "serve":
+        overrides["web"] = {"host": args.host, "port": args.port, "auth": False if args.no_auth else None}
+    if args.command in ("caption", "ingest") and args.model:
+        overrides["model"] = {"captioner": args.model}
+    return load_config(args.config, overrides)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def cmd_run(config: Config, args: argparse.Namespace) -> int:
+    from device.daemon import run
+
+    run(config, web=not args.no_web)
+    return EXIT_OK
+
+
+def cmd_caption(config: Config, args: argparse.Namespace) -> int:
+    from device.daemon import load_captioner
+    from device.preprocess import BadImageError, load_image
+
+    captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
+    beam = args.beam or config.model.beam_width
+    status = EXIT_OK
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except (BadImageError, OSError) as e:
+            print(f"edgecap: {e}", file=sys.stderr)
+            status = EXIT_FAIL
+            continue
+        c = captioner.caption(image, beam_width=beam)
+        if args.json:
+            row = {"image": path, "caption": c.text, "score": round(float(c.score), 4),
+                   "model": captioner.model_id, "beams": c.beams}
+            print(json.dumps(row, default=_json_default), flush=True)
+        else:
+            print(f"{path}\t{c.text}\t({float(c.score):.2f})", flush=True)
+    return status
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
+    from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
+    from device.ingest import find_images, ingest
+
+    try:
+        files = find_images(args.paths)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping after the current images", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    store = open_store(config.data_dir)
+    try:
+        store.reconcile()
+        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
+        embedder = load_text_embedder(config)
+        pipeline = Pipeline(store, captioner, embedder, config.model.beam_width)
+        bar = _progress_bar(len(files), quiet=args.json)
+
+        def on_stored(cid: int, path: str, cap: Any) -> None:
+            if args.json:
+                row = {"id": cid, "image": path, "caption": cap.text, "score": round(float(cap.score), 4)}
+                sys.stdout.write(json.dumps(row) + "\n")
+                sys.stdout.flush()  # the line is the promise that the capture is stored
+
+        result = ingest(pipeline, files, workers=args.workers, stop=stop, on_stored=on_stored,
+                        progress=bar.update if bar else None)
+        if bar:
+            bar.close()
+    finally:
+        close = getattr(store, "close", None)
+        if close:
+            close()
+    log.info("ingest: %d stored, %d already stored, %d unreadable, of %d image files%s",
+             result.stored, result.already, result.failed, result.total, " (stopped)" if stop.is_set() else "")
+    return EXIT_OK if not stop.is_set() else 130
+
+
+def _progress_bar(total: int, quiet: bool) -> Any:
+    """tqdm on a terminal; nothing under systemd, in pipes, or without tqdm."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+def cmd_search(config: Config, args: argparse.Namespace) -> int:
+    from device.daemon import load_text_embedder, open_store
+    from device.search import search
+
+    store = open_store(config.data_dir)
+    embedder = load_text_embedder(config)
+    res = search(store, " ".join(args.query), k=args.k, embedder=embedder)
+    if res.notice:
+        print(f"edgecap: {res.notice}", file=sys.stderr)
+    for item in res.items:
+        if args.json:
+            keep = {k: item.get(k) for k in ("id", "time", "source", "caption", "score", "rank_score",
+                                              "original_path")}
+            keep["image"] = str(store.file_path(item["id"], "image") or "")
+            print(json.dumps(keep, default=_json_default))
+        else:
+            print(f"{item.get('rank_score', 0):6.3f}  #{item['id']:<6} {item.get('caption', '')}")
+    return EXIT_OK
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from device.daemon import StartupError, load_captioner, load_text_embedder, open_store
+    from device.web import WebConfigError, create_app, effective_host, serve
+
+    store = open_store(config.data_dir)
+    try:
+        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
+    except StartupError as e:
+        log.warning("%s; uploads will not be captioned", e)
+        captioner = None
+    embedder = load_text_embedder(config)
+    try:
+        app = create_app(config, store, captioner, embedder)
+    except WebConfigError as e:
+        raise UserError(str(e)) from None
+    host = effective_host(config.web.host or None, config.web.auth)
+    try:
+        serve(app, host, config.web.port)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{config.web.port}: {e.strerror or e}") from None
+    return EXIT_OK
+
+
+def cmd_hash_password(config: Config, args: argparse.Namespace) -> int:
+    from device.web import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        pw = getpass.getpass("New web password: ")
+        if pw != getpass.getpass("Again: "):
+            raise UserError("the passwords differ")
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    try:
+        hashed = hash_password(pw)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(hashed)
+    print(f'put it in the config: [web] password_hash = "{hashed}"', file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
+    from device.doctor import doctor
+
+    return EXIT_OK if doctor(config, sys.stdout) else EXIT_FAIL
+
+
+COMMANDS = {
+    "run": cmd_run, "caption": cmd_caption, "ingest": cmd_ingest, "search": cmd_search,
+    "doctor": cmd_doctor, "serve": cmd_serve, "hash-password": cmd_hash_password,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = config_from_args(args)
+    except ConfigError as e:
+        print(f"edgecap: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(config.log.level)
+    from device.daemon import StartupError
+
+    try:
+        return COMMANDS[args.command](config, args)
+    except (UserError, StartupError) as e:
+        print(f"edgecap: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:  # `edgecap search ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130

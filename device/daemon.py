@@ -1,0 +1,453 @@
+"""The capture loop behind `edgecap run`: source -> gate -> caption -> embed -> store, plus retention,
+signals, systemd notifications and the web page in a thread.
+
+It never exits because of the camera or a full disk: a failing camera is reopened with back-off and a
+full store makes room by deleting the oldest captures. SIGTERM/SIGINT finish the current frame, and the
+store has committed it before the process exits 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from device.config import Config
+from device.sources import Frame, Source, SourceError, detect_source, open_source
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+RETENTION_EVERY_S = 60.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
+
+
+class StartupError(RuntimeError):
+    """Start-up cannot go on (models missing, data folder not writable...); the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- systemd
+
+def sd_notify(state: str, env: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """Send `state` (e.g. "READY=1") to systemd's NOTIFY_SOCKET. False when not under systemd.
+
+    The protocol is one datagram on a unix socket; a name starting with '@' is an abstract socket.
+    Written here rather than depending on python-systemd, which is not on PyPI for every platform.
+    """
+    env = os.environ if env is None else env
+    addr = env.get("NOTIFY_SOCKET")
+    if not addr or addr[0] not in "/@":
+        return False
+    target = "\0" + addr[1:] if addr[0] == "@" else addr
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(target)
+            sock.sendall(state.encode())
+    except OSError as e:
+        log.debug("sd_notify(%s) failed: %s", state, e)
+        return False
+    return True
+
+
+class Notifier:
+    """READY / STATUS / WATCHDOG / STOPPING for systemd; silent no-ops elsewhere."""
+
+    def __init__(self, env: dict[str, str] | os._Environ[str] | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.enabled = bool(self.env.get("NOTIFY_SOCKET"))
+        usec = self.env.get("WATCHDOG_USEC", "")
+        pid = self.env.get("WATCHDOG_PID", "")
+        watchdog = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
+        # ping at half the timeout, as sd_watchdog_enabled(3) recommends
+        self.watchdog_interval = int(usec) / 2e6 if watchdog else None
+        self._last_ping = float("-inf")
+
+    def send(self, state: str) -> None:
+        if self.enabled:
+            sd_notify(state, self.env)
+
+    def ready(self, status: str) -> None:
+        self.send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        self.send(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        if self.watchdog_interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self.watchdog_interval:
+            self._last_ping = now
+            self.send("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+
+# ---------------------------------------------------------------------------------------------- gating
+
+def signature(image: Image.Image) -> np.ndarray:
+    """A 64x64 grey thumbnail in 0..1: cheap to compute, blind to sensor noise and JPEG detail."""
+    small = image.convert("L").resize((64, 64), Image.BILINEAR)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+class ChangeGate:
+    """Skips frames that barely differ from the last *stored* one, so a still scene doesn't fill the disk."""
+
+    def __init__(self, min_change: float) -> None:
+        self.min_change = min_change
+        self._last: np.ndarray | None = None
+
+    def check(self, image: Image.Image) -> tuple[bool, float, np.ndarray]:
+        """(store it?, mean absolute difference to the last stored frame, its signature)."""
+        sig = signature(image)
+        if self._last is None:
+            return True, 1.0, sig
+        diff = float(np.abs(sig - self._last).mean())
+        return diff >= self.min_change, diff, sig
+
+    def remember(self, sig: np.ndarray) -> None:
+        self._last = sig
+
+
+class Backoff:
+    """1 s, 2 s, 4 s ... 60 s between attempts; reset after a success."""
+
+    def __init__(self, first: float = BACKOFF_MIN_S, cap: float = BACKOFF_MAX_S) -> None:
+        self.first, self.cap = first, cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
+    """The captioner model set `name` (a folder in models_dir, or a path). Raises StartupError."""
+    from device.captioner import Captioner
+
+    path = Path(name).expanduser()
+    if not path.is_absolute() and not (len(path.parts) > 1 and path.is_dir()):
+        path = Path(models_dir) / name
+    if not (path / "manifest.json").is_file():
+        sets = sorted(p.name for p in Path(models_dir).glob("captioner-*") if (p / "manifest.json").is_file())
+        hint = f"available: {', '.join(sets)}" if sets else f"no captioner sets in {models_dir}"
+        raise StartupError(
+            f"captioner model set {name!r} not found at {path} ({hint}); set [model] captioner, "
+            "or models_dir / EDGECAP_MODELS_DIR"
+        )
+    try:
+        return Captioner.load(path, num_threads=num_threads)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise StartupError(f"cannot load captioner {path}: {e}") from e
+
+
+def load_text_embedder(config: Config) -> Any | None:
+    """The embedder for captions, or None (search is then keyword-only)."""
+    name = config.model.embedder
+    if name == "none":
+        return None
+    from device.embedder import load_embedder
+
+    try:
+        return load_embedder(config.models_dir, name, num_threads=config.model.num_threads)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise StartupError(f"cannot load embedder {name!r}: {e}") from e
+
+
+@dataclass
+class Pipeline:
+    """Caption, embed and store one image: the one path shared by the daemon, `ingest` and tests."""
+
+    store: Any
+    captioner: Any
+    embedder: Any | None
+    beam_width: int = 3
+
+    def caption(self, image: Image.Image) -> Any:
+        return self.captioner.caption(image, beam_width=self.beam_width)
+
+    def embed(self, texts: list[str]) -> list[np.ndarray | None]:
+        if self.embedder is None or not texts:
+            return [None] * len(texts)
+        return list(self.embedder.embed(texts))
+
+    def save(self, image: Image.Image, cap: Any, embedding: np.ndarray | None, *, source: str,
+             original_path: str | None, time: float) -> int:
+        return self.store.add(
+            image, time=time, source=source, original_path=original_path, caption=cap.text,
+            score=cap.score, model_id=self.captioner.model_id, beams=cap.beams, attention=cap.attention,
+            embedding=embedding, image_vector=getattr(cap, "image_vector", None),
+        )
+
+    def process(self, frame: Frame) -> tuple[int, Any]:
+        cap = self.caption(frame.image)
+        (vec,) = self.embed([cap.text])
+        cid = self.save(frame.image, cap, vec, source=frame.source, original_path=frame.original_path,
+                        time=frame.time)
+        return cid, cap
+
+
+def open_store(data_dir: Path) -> Any:
+    from device.store import Store, StoreError
+
+    try:
+        return Store(data_dir)
+    except StoreError as e:
+        raise StartupError(f"{e} (set data_dir / --data-dir / EDGECAP_DATA_DIR)") from e
+    except (OSError, sqlite3.Error) as e:
+        raise StartupError(f"cannot open the store in {data_dir}: {e} (set data_dir / --data-dir)") from e
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+@dataclass
+class RunStats:
+    stored: int = 0
+    skipped_same: int = 0
+    errors: int = 0
+    deleted: int = 0
+
+
+class Daemon:
+    """One capture loop. `run()` returns when `stop` is set, max_captures is reached, or a finite source
+    ends with no web page to keep serving."""
+
+    def __init__(self, config: Config, pipeline: Pipeline, stop: threading.Event,
+                 notifier: Notifier | None = None, keep_alive: Callable[[], bool] = lambda: False) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.store = pipeline.store
+        self.stop = stop
+        self.notifier = notifier or Notifier({})
+        self.keep_alive = keep_alive  # True while something else (the web page) should keep us running
+        self.gate = ChangeGate(config.capture.min_change)
+        self.stats = RunStats()
+        from device.store import StoreError, StoreFullError
+
+        self._full_error: type[BaseException] = StoreFullError
+        # everything the store may raise for a capture it could not write (disk, SQLite, files)
+        self._store_errors: tuple[type[BaseException], ...] = (StoreError, OSError, sqlite3.Error)
+        self._last_retention = float("-inf")
+        self._store_backoff = Backoff()
+
+    # waits that wake for stop and keep the watchdog fed
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + max(0.0, seconds)
+        tick = min(1.0, self.notifier.watchdog_interval or 1.0)
+        while not self.stop.is_set():
+            self.notifier.watchdog()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, tick))
+
+    def _resolved_config(self) -> Config:
+        """Auto-detect once: a camera that vanishes later is retried, not swapped for the samples."""
+        cfg = self.config
+        if cfg.camera.source != "auto":
+            return cfg
+        kind, device, why = detect_source(cfg)
+        log.info("camera: auto-detected %s (%s)", kind, why)
+        return dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, source=kind, device=device))
+
+    def retention(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_retention < RETENTION_EVERY_S:
+            return
+        self._last_retention = now
+        st = self.config.store
+        try:
+            n = self.store.enforce_retention(int(st.max_size_mb * MB), int(st.min_free_mb * MB))
+        except self._store_errors as e:
+            log.error("retention failed: %s", e)
+            return
+        if n:
+            self.stats.deleted += n
+            log.info("retention: deleted %d oldest capture(s)", n)
+
+    def handle(self, frame: Frame, gated: bool) -> None:
+        """Gate, caption, embed and store one frame; errors are logged, never raised."""
+        sig = None
+        if gated:
+            keep, diff, sig = self.gate.check(frame.image)
+            if not keep:
+                self.stats.skipped_same += 1
+                log.debug("skipped: change %.4f < min_change %.4f", diff, self.gate.min_change)
+                return
+        try:
+            cid, cap = self.pipeline.process(frame)
+        except self._full_error as e:
+            # make room and try once more; if still full, wait and keep capturing later
+            log.warning("store full (%s): deleting the oldest captures", e)
+            self.retention(force=True)
+            try:
+                cid, cap = self.pipeline.process(frame)
+            except self._store_errors as e2:
+                self.stats.errors += 1
+                delay = self._store_backoff.next()
+                log.error("cannot store the capture (%s); retrying in %.0f s", e2, delay)
+                self._sleep(delay)
+                return
+        except self._store_errors as e:
+            self.stats.errors += 1
+            delay = self._store_backoff.next()
+            log.error("cannot store the capture (%s); retrying in %.0f s", e, delay)
+            self._sleep(delay)
+            return
+        except Exception:  # noqa: BLE001 - one bad frame must not stop the camera
+            self.stats.errors += 1
+            log.exception("captioning a frame from %s failed; skipping it", frame.source)
+            return
+        self._store_backoff.reset()
+        if sig is not None:
+            self.gate.remember(sig)
+        self.stats.stored += 1
+        log.info("#%d %s: %s (%.2f)", cid, frame.source, cap.text, cap.score)
+
+    def run(self) -> RunStats:
+        cfg = self._resolved_config()
+        interval = cfg.capture.interval
+        limit = cfg.capture.max_captures
+        backoff = Backoff()
+        source: Source | None = None
+        finished = False
+        next_capture = time.monotonic()
+        self.retention(force=True)
+        self.notifier.ready(f"capturing from {cfg.camera.source}")
+        try:
+            while not self.stop.is_set():
+                self.notifier.watchdog()
+                self.retention()
+                if finished:
+                    if not self.keep_alive():
+                        break
+                    self._sleep(1.0)
+                    continue
+                if source is None:
+                    try:
+                        source = open_source(cfg, skip=self.store.has_original)
+                    except SourceError as e:
+                        delay = backoff.next()
+                        log.warning("%s; trying again in %.0f s", e, delay)
+                        self.notifier.status(f"camera unavailable: {e}")
+                        self._sleep(delay)
+                        continue
+                    log.info("capturing from %s", source.describe())
+                    self.notifier.status(f"capturing from {source.describe()}")
+                if source.live:
+                    wait = next_capture - time.monotonic()
+                    if wait > 0:
+                        self._sleep(wait)
+                        continue
+                    next_capture = max(next_capture + interval, time.monotonic())
+                try:
+                    frame = source.read()
+                except SourceError as e:
+                    source.close()
+                    source = None
+                    delay = backoff.next()
+                    log.warning("%s; reopening in %.0f s", e, delay)
+                    self.notifier.status(f"camera failed: {e}")
+                    self._sleep(delay)
+                    continue
+                if frame is None:
+                    if source.finished:
+                        log.info("%s has no more frames", source.describe())
+                        source.close()
+                        source = None
+                        finished = True
+                    elif not source.live:
+                        self._sleep(min(0.5, interval) if interval > 0 else 0.05)
+                    continue
+                backoff.reset()
+                self.handle(frame, gated=source.name != "samples")
+                if limit and self.stats.stored >= limit:
+                    log.info("stored %d captures (max_captures): stopping", self.stats.stored)
+                    break
+        finally:
+            if source is not None:
+                source.close()
+        return self.stats
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT ask the loop to stop after the current frame (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("%s received: finishing the current frame", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started: float) -> Any:
+    """Serve the page in a thread; returns the waitress server (call .close()). Raises StartupError."""
+    from device.web import WebConfigError, create_app, effective_host, make_server
+
+    try:
+        app = create_app(config, store, captioner, embedder, started=started)
+        host = effective_host(config.web.host or None, config.web.auth)
+        server = make_server(app, host, config.web.port)
+    except WebConfigError as e:
+        raise StartupError(str(e)) from e
+    except OSError as e:
+        raise StartupError(f"cannot listen on {config.web.host or '*'}:{config.web.port}: {e.strerror or e}") from e
+    thread = threading.Thread(target=server.run, name="edgecap-web", daemon=True)
+    thread.start()
+    log.info("web page on http://%s:%s/", host, server.effective_port)
+    return server
+
+
+def run(config: Config, web: bool = True, stop: threading.Event | None = None) -> RunStats:
+    """`edgecap run`. Raises StartupError for problems the user must fix; returns after a clean stop."""
+    started = time.time()
+    stop = stop or threading.Event()
+    install_signal_handlers(stop)
+    notifier = Notifier()
+    store = open_store(config.data_dir)
+    server = None
+    try:
+        store.reconcile()
+        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
+        embedder = load_text_embedder(config)
+        log.info("models: %s, embedder %s, %d thread(s)", captioner.model_id,
+                 getattr(embedder, "model_id", "none"), config.model.num_threads)
+        if web and config.web.enabled:
+            server = start_web(config, store, captioner, embedder, started)
+        pipeline = Pipeline(store, captioner, embedder, config.model.beam_width)
+        daemon = Daemon(config, pipeline, stop, notifier, keep_alive=lambda: server is not None)
+        stats = daemon.run()
+        log.info("stopped: %d stored, %d unchanged skipped, %d errors, %d deleted by retention",
+                 stats.stored, stats.skipped_same, stats.errors, stats.deleted)
+        return stats
+    finally:
+        notifier.stopping()
+        if server is not None:
+            server.close()
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()

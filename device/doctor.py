@@ -1,0 +1,173 @@
+"""`edgecap doctor`: what works, what doesn't, and what to do about it. Reads only; changes nothing."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import logging
+import platform
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from device.config import Config, to_toml
+
+log = logging.getLogger(__name__)
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+class Report:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.failed = False
+
+    def line(self, status: str, what: str, detail: str, fix: str = "") -> None:
+        if status == FAIL:
+            self.failed = True
+        self.out.write(f"{status:<5} {what:<10} {detail}\n")
+        if fix:
+            self.out.write(f"{'':<5} {'':<10} -> {fix}\n")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_runtime(r: Report) -> None:
+    r.line(OK, "python", f"{platform.python_version()} on {platform.machine()} ({platform.system()})")
+    # the same order device/runtime.py tries; find_spec does not import (TensorFlow takes seconds)
+    for module, dist in (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"),
+                         ("tensorflow", "tensorflow")):
+        if importlib.util.find_spec(module) is not None:
+            r.line(OK, "runtime", f"{dist} {_version(dist) or ''}".strip())
+            return
+    r.line(FAIL, "runtime", "no TFLite runtime installed",
+           "pip install ai-edge-litert (or tflite-runtime on 32-bit Raspberry Pi OS)")
+
+
+def check_models(r: Report, config: Config) -> None:
+    models_dir = config.models_dir
+    if not models_dir.is_dir():
+        r.line(FAIL, "models", f"{models_dir} does not exist",
+               "set models_dir or EDGECAP_MODELS_DIR to the folder holding captioner-int8/")
+        return
+    try:
+        from device.modelset import ModelSet
+    except ImportError as e:
+        r.line(FAIL, "models", f"device.modelset cannot be imported ({e})", "reinstall edgecap")
+        return
+    for role, name in (("captioner", config.model.captioner), ("embedder", config.model.embedder)):
+        if role == "embedder" and (name == "none" or name.startswith("sentence-transformers")):
+            r.line(OK if name != "none" else WARN, role, f"{name}",
+                   "" if name != "none" else "search is keyword-only; set [model] embedder = \"minilm-int8\"")
+            continue
+        path = Path(name) if Path(name).is_absolute() else models_dir / name
+        try:
+            ms = ModelSet.load(path)
+        except Exception as e:  # noqa: BLE001 - any problem with a set is reported, not raised
+            others = sorted(p.name for p in models_dir.iterdir() if (p / "manifest.json").is_file())
+            status = FAIL if role == "captioner" else WARN
+            r.line(status, role, f"{name}: {e}",
+                   f"available sets: {', '.join(others) or 'none'}; set [model] {role}")
+            continue
+        manifest = getattr(ms, "manifest", {}) or {}
+        size = sum(int(v) for v in (manifest.get("sizes") or {}).values())
+        q = manifest.get("quantization", "")
+        r.line(OK, role, f"{name} ({q}, {size / 1e6:.1f} MB, sha256 verified)")
+
+
+def check_camera(r: Report, config: Config) -> None:
+    from device.sources import SourceError, detect_source, open_source
+
+    kind = config.camera.source
+    if kind == "auto":
+        kind, device, why = detect_source(config)
+        config = dataclasses.replace(config, camera=dataclasses.replace(config.camera, source=kind, device=device))
+        if kind == "samples":
+            r.line(WARN, "camera", f"none found, would use the sample photos ({why})",
+                   "connect a camera, or set [camera] source (folder, stream, ...) in the config")
+            return
+        r.line(OK, "camera", f"auto: {kind} ({why})")
+    try:
+        src = open_source(config)
+        try:
+            frame = src.read()
+        finally:
+            src.close()
+    except SourceError as e:
+        r.line(FAIL, "camera", str(e), "check the cable/URL/folder and [camera] in the config")
+        return
+    got = f"a {frame.image.width}x{frame.image.height} frame" if frame else "no frame yet"
+    r.line(OK, "camera", f"{src.describe()}: {got}")
+
+
+def check_store(r: Report, config: Config) -> None:
+    db = config.data_dir / "edgecap.db"
+    if not db.exists():
+        parent = next((p for p in [config.data_dir, *config.data_dir.parents] if p.exists()), None)
+        import os
+
+        if parent is not None and os.access(parent, os.W_OK):
+            r.line(OK, "store", f"no database yet in {config.data_dir} (created on first run)")
+        else:
+            r.line(FAIL, "store", f"{config.data_dir} does not exist and cannot be created",
+                   "set data_dir / --data-dir to a writable folder")
+        return
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            count = conn.execute("SELECT count(*) FROM captures").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        r.line(FAIL, "store", f"{db}: {e}", "stop edgecap, move the file aside, and run again (a new one is made)")
+        return
+    if check != "ok":
+        r.line(FAIL, "store", f"{db}: integrity check says {check}", "restore a backup or move the file aside")
+    else:
+        r.line(OK, "store", f"{count} captures in {db}")
+
+
+def check_disk(r: Report, config: Config) -> None:
+    where = next((p for p in [config.data_dir, *config.data_dir.parents] if p.exists()), Path("/"))
+    du = shutil.disk_usage(where)
+    need = config.store.min_free_mb * 1024 * 1024
+    detail = f"{du.free / 2**30:.1f} GB free of {du.total / 2**30:.1f} GB at {where}"
+    if du.free < need:
+        r.line(WARN, "disk", detail + f" (below min_free_mb = {config.store.min_free_mb:g})",
+               "free space or lower [store] min_free_mb; the oldest captures are being deleted")
+    else:
+        r.line(OK, "disk", detail)
+
+
+def check_web(r: Report, config: Config) -> None:
+    w = config.web
+    if not w.auth:
+        r.line(WARN, "web", "authentication is off", "set [web] auth = true and a password_hash on a shared LAN")
+    elif not (w.password_hash or w.password):
+        r.line(FAIL, "web", "no password configured: the page will not start",
+               "run `edgecap hash-password` and put the hash in [web] password_hash (or set EDGECAP_PASSWORD)")
+    else:
+        r.line(OK, "web", f"port {w.port}, password set")
+
+
+def doctor(config: Config, out: TextIO = sys.stdout) -> bool:
+    """Print one line per check; True when nothing failed."""
+    r = Report(out)
+    where = str(config.path) if config.path else "none (defaults)"
+    r.line(OK, "config", f"file: {where}; data_dir {config.data_dir}; models_dir {config.models_dir}")
+    for check in (check_runtime, check_models, check_camera, check_store, check_disk, check_web):
+        try:
+            check(r, config) if check is not check_runtime else check(r)
+        except Exception as e:  # noqa: BLE001 - a broken check must not hide the others
+            r.line(FAIL, check.__name__.removeprefix("check_"), f"check crashed: {e}")
+    if log.isEnabledFor(logging.DEBUG):
+        out.write("\n# effective configuration\n" + to_toml(config))
+    return not r.failed
