@@ -70,7 +70,7 @@ def _get_capture(cid: int) -> dict[str, Any]:
     return c
 
 
-@bp.get("/captures/<int:cid>")
+@bp.get("/captures/<id:cid>")
 def api_capture(cid: int):
     """GET /api/captures/<id> : one capture with its beams, words and attention maps."""
     return jsonify(params.capture_json(_get_capture(cid), full=True))
@@ -86,12 +86,12 @@ def _send_stored(cid: int, kind: str):
     return resp
 
 
-@bp.get("/captures/<int:cid>/image")
+@bp.get("/captures/<id:cid>/image")
 def capture_image(cid: int):
     return _send_stored(cid, "image")
 
 
-@bp.get("/captures/<int:cid>/thumb")
+@bp.get("/captures/<id:cid>/thumb")
 def capture_thumb(cid: int):
     return _send_stored(cid, "thumb")
 

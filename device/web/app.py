@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, jsonify, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from .auth import ENV_PASSWORD, FailureLimiter, PasswordChecker, new_csrf_token, same_token
 from .settings import WebConfigError, WebSettings, load_or_create_secret, settings_from
@@ -33,6 +34,13 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+
+
+class CaptureIdConverter(IntegerConverter):
+    """<id:cid>: a capture id SQLite can hold (0..2**63-1); anything else simply does not match (404)."""
+
+    def __init__(self, map, *args, **kwargs):  # noqa: A002 (werkzeug's signature)
+        super().__init__(map, min=0, max=2**63 - 1)
 
 
 @dataclass
@@ -189,6 +197,7 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     secret = settings.secret_key
     if not secret:
         secret = load_or_create_secret(settings.data_dir) if settings.data_dir else secrets.token_hex(32)
+    app.url_map.converters["id"] = CaptureIdConverter
     app.config.update(
         SECRET_KEY=secret,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,

@@ -69,12 +69,11 @@ def date_arg(args: Mapping[str, str], name: str, *, end_of_day: bool = False) ->
             moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, dtime())
         else:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "T", 1))
+        ts = moment.timestamp()  # naive values are local time, as a user typing a date means
+    except (OverflowError, OSError):
+        raise bad(f"{name} is out of range: {raw!r}") from None
     except ValueError:
         raise bad(f"{name} must be an ISO date like 2024-05-01 or 2024-05-01T13:00, got {raw!r}") from None
-    try:
-        ts = moment.timestamp()  # naive values are local time, as a user typing a date means
-    except (OverflowError, OSError, ValueError):
-        raise bad(f"{name} is out of range: {raw!r}") from None
     return ts
 
 

@@ -44,7 +44,7 @@ def index():
     )
 
 
-@bp.get("/capture/<int:cid>")
+@bp.get("/capture/<id:cid>")
 def capture_page(cid: int):
     c = state().store.get(cid)
     if c is None:
