@@ -61,6 +61,7 @@ Options:
   --python PATH     the Python (>= 3.11) to build the virtual environment from
   --reset-password  generate a new web password (printed once) and restart the service
   --stop            stop edgecap started in the background (machines without systemd)
+  --print-unit      print the systemd unit this installation would get (for systemd/check.sh)
   --uninstall       stop and remove edgecap; keeps the captures and the config
   --purge           with --uninstall: also delete the captures, the config and the edgecap user
   -h, --help        this help
@@ -85,6 +86,7 @@ parse_args() {
             --python) [[ $# -ge 2 ]] || die "--python needs a path"; PYTHON="$2"; shift ;;
             --python=*) PYTHON="${1#*=}" ;;
             --reset-password) MODE="reset-password" ;;
+            --print-unit) MODE="print-unit" ;;
             --stop) MODE="stop" ;;
             --uninstall) MODE="uninstall" ;;
             --purge) PURGE=1 ;;
@@ -450,7 +452,16 @@ write_config() {
     ensure_dir "$CONF_DIR" 0755
     if [[ -f "$CONF_FILE" ]]; then
         say "Keeping the existing $CONF_FILE"
-        if [[ -n "$PORT$CAMERA" ]]; then warn "--port/--camera only apply to a new config: edit $CONF_FILE"; fi
+        local line
+        if [[ -n "$PORT" && "$PORT" != "$(config_port)" ]]; then
+            warn "--port $PORT: the existing config says port $(config_port); edit $CONF_FILE to change it"
+        fi
+        if [[ -n "$CAMERA" ]]; then
+            while IFS= read -r line; do
+                [[ "$line" == \#* ]] || grep -qxF "$line" "$CONF_FILE" \
+                    || { warn "--camera $CAMERA: the existing config differs; edit [camera] in $CONF_FILE"; break; }
+            done < <(camera_lines)
+        fi
         return 0
     fi
     step "Writing $CONF_FILE"
@@ -535,18 +546,17 @@ install_bin_link() {
 
 # The unit in systemd/ names the default paths; other layouts get them rewritten, and the data
 # folders outside /var/lib become writable explicitly (ProtectSystem=strict makes the rest read-only).
-render_unit() {
-    local src out="$1"
+render_unit() { # prints the unit
+    local exec_line="ExecStart=$VENV/bin/edgecap run --config $CONF_FILE"
     if [[ $USER_MODE -eq 1 ]]; then
-        src="$REPO/systemd/edgecap-user.service"
-        sed -e "s#^ExecStart=.*#ExecStart=$VENV/bin/edgecap run --config $CONF_FILE#" "$src" > "$out"
+        sed -e "s#^ExecStart=.*#$exec_line#" "$REPO/systemd/edgecap-user.service"
+    elif [[ -n "$PREFIX" ]]; then
+        sed -e "s#^ExecStart=.*#$exec_line#" \
+            -e "s#^CacheDirectoryMode=.*#&\nReadWritePaths=$DATA_DIR $CACHE_DIR#" \
+            -e "s#HOME=/var/lib/edgecap XDG_CACHE_HOME=/var/cache/edgecap#HOME=$DATA_DIR XDG_CACHE_HOME=$CACHE_DIR#" \
+            "$REPO/systemd/edgecap.service"
     else
-        src="$REPO/systemd/edgecap.service"
-        sed -e "s#^ExecStart=.*#ExecStart=$VENV/bin/edgecap run --config $CONF_FILE#" "$src" > "$out"
-        if [[ -n "$PREFIX" ]]; then
-            sed -i -e "s#^CacheDirectoryMode=.*#&\nReadWritePaths=$DATA_DIR $CACHE_DIR#" \
-                -e "s#HOME=/var/lib/edgecap XDG_CACHE_HOME=/var/cache/edgecap#HOME=$DATA_DIR XDG_CACHE_HOME=$CACHE_DIR#" "$out"
-        fi
+        sed -e "s#^ExecStart=.*#$exec_line#" "$REPO/systemd/edgecap.service"
     fi
 }
 
@@ -561,7 +571,7 @@ install_unit() {
         esac
     fi
     tmp="$(mktemp)"
-    render_unit "$tmp"
+    render_unit > "$tmp"
     if install_file "$tmp" "$UNIT_FILE" 0644; then
         step "Installed $UNIT_FILE"
         systemctl_ daemon-reload
@@ -764,7 +774,8 @@ do_uninstall() {
         if [[ $USER_MODE -eq 0 ]] && getent passwd "$SERVICE_USER" >/dev/null; then
             userdel "$SERVICE_USER" 2>/dev/null || warn "could not remove the user $SERVICE_USER"
         fi
-        say "Removed edgecap, its captures, its config and the $SERVICE_USER user."
+        if [[ $USER_MODE -eq 0 ]]; then say "Removed edgecap, its captures, its config and the $SERVICE_USER user."
+        else say "Removed edgecap, its captures and its config."; fi
     else
         say "Removed edgecap. Kept the captures in $DATA_DIR and the config in $CONF_FILE"
         say "(delete them too with: $(self_cmd) --uninstall --purge)"
@@ -780,6 +791,7 @@ main() {
         uninstall) do_uninstall ;;
         stop) detect_systemd; stop_background ;;
         reset-password) do_reset_password ;;
+        print-unit) render_unit ;;
     esac
 }
 
