@@ -1,0 +1,538 @@
+"""The one ranking used by the web page, the JSON API and the CLI.
+
+``search()`` fuses two rankings with reciprocal rank fusion (RRF):
+
+- keyword: FTS5 BM25 over the caption (weight 1) and the other beams (weight 0.35). The query is never
+  passed to FTS5 as syntax: it is split into lower-case words, stop-words are dropped, each remaining
+  word is quoted (plus its singular/plural forms found in the index, or its spelling correction), and
+  the terms are OR-ed so that BM25 ranks captions matching more of them first.
+- semantic: cosine similarity between the query's embedding and the stored int8 caption embeddings,
+  computed in memory (see ``_VectorIndex``), with a similarity floor so that noise is not returned.
+
+Why RRF rather than mixing raw scores: BM25 scores are unbounded and depend on the corpus, cosines of
+MiniLM live in a narrow band; ranks are comparable without tuning per store. Ties (equal fused score,
+e.g. captions of equal length for a one-word query) are broken newest first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import textnorm
+from .store import Store, decode_embedding, encode_image_vector, filter_sql
+
+log = logging.getLogger(__name__)
+
+RRF_K = 60  # the usual RRF constant: rank 1 scores 1/61, rank 60 half that
+CANDIDATES = 200  # per ranking, before fusion (at least k)
+MIN_SIMILARITY = 0.25  # cosine floor for semantic hits when the query has content words
+MIN_SIMILARITY_NO_WORDS = 0.5  # ... and when it has none ("the", "a of"): only strong matches
+BINARY_ABOVE = 20_000  # above this many vectors, prefilter by Hamming distance of sign bits
+RERANK = 4_000  # candidates from the prefilter scored exactly
+MAX_QUERY_CHARS = 1000
+KEYWORD_WEIGHTS = (1.0, 0.35)  # bm25 column weights: caption, other beams
+
+NO_EMBEDDER = "Keyword search only: no text embedder available"
+EMBEDDER_FAILED = "Keyword search only: the text embedder failed"
+
+
+@dataclass
+class SearchResult:
+    items: list[dict[str, Any]]
+    mode: str  # "hybrid" | "keyword" | "recent"
+    notice: str | None = None
+    corrections: dict[str, str] = field(default_factory=dict)  # query word -> word searched instead
+
+
+# ---------------------------------------------------------------------------------------------------
+# In-memory vector index per store
+
+
+@dataclass
+class _Snapshot:
+    ids: np.ndarray  # int64 [n]
+    times: np.ndarray  # float64 [n]
+    src: np.ndarray  # int32 [n], codes into source_codes
+    vecs: np.ndarray  # int8 [n, dim]
+    valid: np.ndarray  # bool [n] (shared: deletions clear entries in place)
+    codes: np.ndarray | None  # uint64 [words, n] sign bits of (vec - center), or None when small
+    center: np.ndarray  # float32 [dim], in int8 units
+    source_codes: dict[str, int]
+
+    def filter_mask(self, source: str | None, since: float | None, until: float | None) -> np.ndarray:
+        mask = self.valid.copy()
+        if source:
+            code = self.source_codes.get(source)
+            if code is None:
+                return np.zeros_like(mask)
+            mask &= self.src == code
+        if since is not None:
+            mask &= self.times >= float(since)
+        if until is not None:
+            mask &= self.times < float(until)
+        return mask
+
+
+class _VectorIndex:
+    """The int8 vectors of one table (``embeddings`` or ``image_vectors``) with capture time/source.
+
+    Loaded once, then updated incrementally: new captures by id (ids are never reused), changes and
+    deletions from the ``capture_changes`` log. Readers get a snapshot of views; appends write past
+    the snapshot's end and growth allocates new arrays, so a search never sees a half-written row.
+    """
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.lock = threading.Lock()
+        self.loaded = False
+        self.last_id = 0
+        self.last_seq = 0
+        self._reset(0)
+
+    def _reset(self, dim: int) -> None:
+        self.dim = dim
+        self.n = 0
+        self.ids = np.zeros(0, np.int64)
+        self.times = np.zeros(0, np.float64)
+        self.src = np.zeros(0, np.int32)
+        self.vecs = np.zeros((0, dim), np.int8)
+        self.valid = np.zeros(0, bool)
+        self.codes: np.ndarray | None = None
+        self.center = np.zeros(dim, np.float32)
+        self.source_codes: dict[str, int] = {}
+        self.n_invalid = 0
+
+    def snapshot(self, store: Store) -> _Snapshot:
+        with self.lock:
+            self._refresh(store)
+            n = self.n
+            return _Snapshot(
+                ids=self.ids[:n], times=self.times[:n], src=self.src[:n], vecs=self.vecs[:n],
+                valid=self.valid[:n], codes=None if self.codes is None else self.codes[:, :n],
+                center=self.center, source_codes=dict(self.source_codes),
+            )
+
+    # -- loading -------------------------------------------------------------------------------------
+
+    def _refresh(self, store: Store) -> None:
+        conn = store.connection()
+        conn.execute("BEGIN")  # one read snapshot for the id, log and row queries below
+        try:
+            max_id = conn.execute("SELECT coalesce(max(id), 0) FROM captures").fetchone()[0]
+            max_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM capture_changes").fetchone()[0]
+            min_seq = conn.execute("SELECT coalesce(min(seq), 0) FROM capture_changes").fetchone()[0]
+            behind = max_seq > self.last_seq and min_seq > self.last_seq + 1  # log pruned past us
+            if not self.loaded or behind or max_seq < self.last_seq or max_id < self.last_id:
+                self._full_load(conn)
+            else:
+                if max_seq > self.last_seq:
+                    changed = [
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT DISTINCT capture_id FROM capture_changes WHERE seq > ? AND capture_id <= ?",
+                            (self.last_seq, self.last_id),
+                        )
+                    ]
+                    if changed:
+                        self._invalidate(np.asarray(changed, np.int64))
+                        for chunk in range(0, len(changed), 500):
+                            ids = changed[chunk : chunk + 500]
+                            self._append_rows(conn, f"v.capture_id IN ({','.join('?' * len(ids))})", ids)
+                if max_id > self.last_id:
+                    self._append_rows(conn, "v.capture_id > ?", [self.last_id])
+            self.last_id, self.last_seq = max_id, max_seq
+        finally:
+            conn.execute("COMMIT")
+        self.loaded = True
+        if self.n_invalid > 1000 and self.n_invalid > self.n // 4:
+            self._compact()
+
+    def _full_load(self, conn: Any) -> None:
+        # Vectors and (id, time, source) in two scans: the vector table is narrow, and the
+        # (source, time) index covers the metadata, so no full capture row is read.
+        row = conn.execute(
+            f"SELECT length(vector) FROM {self.table} ORDER BY capture_id DESC LIMIT 1"
+        ).fetchone()
+        dim = int(row[0]) if row else 0
+        self._reset(dim)
+        if not dim:
+            return
+        id_parts, vec_parts = [], []
+        cur = conn.execute(f"SELECT capture_id, vector FROM {self.table} WHERE length(vector) = ?", (dim,))
+        while rows := cur.fetchmany(20_000):
+            id_parts.append(np.fromiter((r[0] for r in rows), np.int64, len(rows)))
+            vec_parts.append(np.frombuffer(b"".join(r[1] for r in rows), np.int8).reshape(len(rows), dim))
+        if not id_parts:
+            return
+        ids = np.concatenate(id_parts)
+        vecs = np.concatenate(vec_parts)
+        meta_ids, meta_times, meta_src = [], [], []
+        cur = conn.execute("SELECT id, time, source FROM captures INDEXED BY captures_source_time")
+        while rows := cur.fetchmany(50_000):
+            meta_ids.append(np.fromiter((r[0] for r in rows), np.int64, len(rows)))
+            meta_times.append(np.fromiter((r[1] for r in rows), np.float64, len(rows)))
+            meta_src.append(np.fromiter((self._source_code(r[2]) for r in rows), np.int32, len(rows)))
+        m_ids = np.concatenate(meta_ids)
+        order = np.argsort(m_ids)
+        m_ids = m_ids[order]
+        pos = np.searchsorted(m_ids, ids)
+        keep = (pos < m_ids.size) & (m_ids[np.minimum(pos, m_ids.size - 1)] == ids)  # orphan vectors
+        pos = pos[keep]
+        self._append(
+            ids[keep], np.concatenate(meta_times)[order][pos], np.concatenate(meta_src)[order][pos], vecs[keep]
+        )
+        log.info("search: loaded %d vectors from %s", self.n, self.table)
+
+    def _source_code(self, source: str) -> int:
+        code = self.source_codes.get(source)
+        if code is None:
+            code = self.source_codes[source] = len(self.source_codes)
+        return code
+
+    def _append_rows(self, conn: Any, where: str, args: list[Any]) -> None:
+        rows = conn.execute(
+            f"""SELECT v.capture_id, c.time, c.source, v.vector FROM {self.table} v
+                JOIN captures c ON c.id = v.capture_id WHERE {where} ORDER BY v.capture_id""",
+            args,
+        ).fetchall()
+        if not rows:
+            return
+        if not self.dim:
+            self._reset(len(rows[-1][3]))
+        rows = [r for r in rows if len(r[3]) == self.dim]  # vectors of another model are skipped
+        if not rows:
+            return
+        self._append(
+            np.asarray([r[0] for r in rows], np.int64),
+            np.asarray([r[1] for r in rows], np.float64),
+            np.asarray([self._source_code(r[2]) for r in rows], np.int32),
+            np.frombuffer(b"".join(r[3] for r in rows), np.int8).reshape(len(rows), self.dim),
+        )
+
+    def _append(self, ids: np.ndarray, times: np.ndarray, src: np.ndarray, vecs: np.ndarray) -> None:
+        m = ids.size
+        if self.n + m > self.ids.size:
+            # Grow into new arrays (snapshots keep the old ones) and recompute the sign-bit codes
+            # around the current mean, amortised O(1) per row.
+            cap = max(1024, 2 * (self.n + m))
+            n = self.n
+            self.ids = _grow(self.ids, cap)
+            self.times = _grow(self.times, cap)
+            self.src = _grow(self.src, cap)
+            self.valid = _grow(self.valid, cap)
+            self.vecs = _grow(self.vecs, cap)
+            self.ids[n : n + m], self.times[n : n + m], self.src[n : n + m] = ids, times, src
+            self.vecs[n : n + m], self.valid[n : n + m] = vecs, True
+            self.n = n + m
+            self._recode()
+            return
+        n = self.n
+        self.ids[n : n + m], self.times[n : n + m], self.src[n : n + m] = ids, times, src
+        self.vecs[n : n + m], self.valid[n : n + m] = vecs, True
+        if self.codes is not None:
+            self.codes[:, n : n + m] = _sign_codes(vecs, self.center)
+        self.n = n + m
+
+    def _recode(self) -> None:
+        n = self.n
+        if n <= BINARY_ABOVE:
+            self.codes = None
+            self.center = np.zeros(self.dim, np.float32)
+            return
+        valid = self.vecs[:n][self.valid[:n]]
+        self.center = valid.mean(axis=0, dtype=np.float64).astype(np.float32)
+        codes = np.zeros(((self.dim + 63) // 64, self.ids.size), np.uint64)
+        for s in range(0, n, 65536):
+            codes[:, s : min(n, s + 65536)] = _sign_codes(self.vecs[s : min(n, s + 65536)], self.center)
+        self.codes = codes
+
+    def _invalidate(self, ids: np.ndarray) -> None:
+        hit = np.isin(self.ids[: self.n], ids) & self.valid[: self.n]
+        if hit.any():
+            self.valid[: self.n][hit] = False  # in place: live snapshots stop returning them too
+            self.n_invalid += int(hit.sum())
+
+    def _compact(self) -> None:
+        keep = self.valid[: self.n]
+        ids, times, src, vecs = self.ids[: self.n][keep], self.times[: self.n][keep], self.src[: self.n][keep], \
+            self.vecs[: self.n][keep]
+        codes = self.source_codes
+        self._reset(self.dim)
+        self.source_codes = codes
+        self._append(ids.copy(), times.copy(), src.copy(), vecs.copy())
+
+    # -- querying ------------------------------------------------------------------------------------
+
+
+def _grow(arr: np.ndarray, cap: int) -> np.ndarray:
+    out = np.zeros((cap, *arr.shape[1:]), arr.dtype)
+    out[: min(arr.shape[0], cap)] = arr[:cap]
+    return out
+
+
+def _sign_codes(vecs: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """[m, dim] int8 -> [words, m] uint64: bit j set when vec[j] > center[j]."""
+    bits = np.packbits(vecs.astype(np.float32) > center, axis=1, bitorder="little")
+    words = (vecs.shape[1] + 63) // 64
+    padded = np.zeros((vecs.shape[0], words * 8), np.uint8)
+    padded[:, : bits.shape[1]] = bits
+    return np.ascontiguousarray(padded.view(np.uint64).T)
+
+
+if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+
+    def _popcount(x: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(x)
+
+else:  # pragma: no cover - numpy 1.x
+    _POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+    def _popcount(x: np.ndarray) -> np.ndarray:
+        return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
+
+
+def _nearest(
+    snap: _Snapshot, query: np.ndarray, mask: np.ndarray, limit: int, min_sim: float
+) -> list[tuple[int, float, float]]:
+    """(capture id, cosine, time) of the ``limit`` nearest valid rows under ``mask``, best first."""
+    cand = np.flatnonzero(mask)
+    if cand.size == 0 or limit <= 0:
+        return []
+    q = np.asarray(query, np.float32).reshape(-1)
+    if q.size != snap.vecs.shape[1]:
+        return []
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    if snap.codes is not None and cand.size > RERANK:
+        # Prefilter: Hamming distance of sign bits around the mean, over contiguous uint64 rows.
+        qcode = _sign_codes(np.rint(q * 127).astype(np.int8)[None, :], snap.center)[:, 0]
+        dist = np.zeros(snap.codes.shape[1], np.uint16)
+        for w in range(snap.codes.shape[0]):
+            dist += _popcount(snap.codes[w] ^ qcode[w])
+        dist[~mask] = np.iinfo(np.uint16).max
+        cand = np.argpartition(dist, RERANK)[:RERANK]
+        cand = cand[mask[cand]]
+    vecs = snap.vecs[cand].astype(np.float32)
+    norms = np.linalg.norm(vecs, axis=1)
+    sims = (vecs @ q) / np.maximum(norms, 1e-6)
+    good = sims >= min_sim
+    cand, sims = cand[good], sims[good]
+    if cand.size > limit:
+        part = np.argpartition(-sims, limit - 1)[:limit]
+        cand, sims = cand[part], sims[part]
+    times = snap.times[cand]
+    order = np.lexsort((-snap.ids[cand], -times, -sims))
+    return [(int(snap.ids[cand[i]]), float(sims[i]), float(times[i])) for i in order]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vocabulary (for spelling correction and singular/plural forms)
+
+
+class _Vocabulary:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self.last_id = -1
+
+    def get(self, store: Store) -> dict[str, int]:
+        with self.lock:
+            conn = store.connection()
+            if self.last_id < 0:
+                conn.execute("BEGIN")
+                try:
+                    self.last_id = conn.execute("SELECT coalesce(max(id), 0) FROM captures").fetchone()[0]
+                    self.counts = {r[0]: r[1] for r in conn.execute("SELECT term, doc FROM captures_fts_vocab")}
+                finally:
+                    conn.execute("COMMIT")
+            else:
+                # New captures only; counts of deleted captures linger, which at worst corrects a
+                # word to one that no longer finds anything.
+                rows = conn.execute(
+                    "SELECT id, caption, alt_text FROM captures WHERE id > ? ORDER BY id", (self.last_id,)
+                ).fetchall()
+                if rows:
+                    textnorm.count_words((f"{r[1]} {r[2]}" for r in rows), self.counts)
+                    self.last_id = rows[-1][0]
+            return self.counts
+
+
+class _Caches:
+    def __init__(self) -> None:
+        self.embeddings = _VectorIndex("embeddings")
+        self.images = _VectorIndex("image_vectors")
+        self.vocab = _Vocabulary()
+
+
+_caches: weakref.WeakKeyDictionary[Store, _Caches] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def _caches_for(store: Store) -> _Caches:
+    with _caches_lock:
+        c = _caches.get(store)
+        if c is None:
+            c = _caches[store] = _Caches()
+        return c
+
+
+def warm(store: Store) -> None:
+    """Load the caches now (at server start) instead of on the first search."""
+    caches = _caches_for(store)
+    caches.embeddings.snapshot(store)
+    caches.vocab.get(store)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Query parsing
+
+
+def _expand_terms(words: list[str], vocab: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+    """FTS terms for the query words: present forms, else a correction, else the word itself."""
+    terms: list[str] = []
+    corrections: dict[str, str] = {}
+    for w in words:
+        forms = sorted(f for f in textnorm.inflections(w) if f in vocab)
+        if not forms:
+            fixed = textnorm.correct(w, vocab)
+            if fixed:
+                corrections[w] = fixed
+                forms = sorted(f for f in textnorm.inflections(fixed) if f in vocab) or [fixed]
+            else:
+                forms = [w]
+        for f in forms:
+            if f not in terms:
+                terms.append(f)
+    return terms, corrections
+
+
+def fts_query(terms: list[str]) -> str:
+    """Quoted terms OR-ed: FTS5 syntax in the user's words is only ever text."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def _keyword(
+    store: Store, terms: list[str], limit: int, source: str | None, since: float | None, until: float | None
+) -> list[tuple[int, float, float]]:
+    """(id, bm25 (lower is better), time), best first, newest first among equal scores."""
+    if not terms:
+        return []
+    where, args = filter_sql(source, since, until, table="c")
+    extra = (" AND " + where[len("WHERE ") :]) if where else ""
+    w_caption, w_alt = KEYWORD_WEIGHTS
+    rows = store.connection().execute(
+        f"""SELECT c.id, bm25(captures_fts, {w_caption}, {w_alt}) AS s, c.time
+            FROM captures_fts JOIN captures c ON c.id = captures_fts.rowid
+            WHERE captures_fts MATCH ?{extra}
+            ORDER BY s, c.time DESC, c.id DESC LIMIT ?""",
+        (fts_query(terms), *args, limit),
+    ).fetchall()
+    return [(int(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def search(
+    store: Store,
+    query: str | None,
+    *,
+    k: int = 20,
+    embedder: Any = None,
+    source: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> SearchResult:
+    """Rank captures for ``query``; newest captures when the query is empty. Never raises on input."""
+    k = max(1, min(int(k), 1000))
+    text = (query or "").strip()[:MAX_QUERY_CHARS]
+    if not text:
+        return SearchResult(store.recent(k, source=source, since=since, until=until), "recent")
+
+    caches = _caches_for(store)
+    words = textnorm.content_words(text)
+    terms, corrections = _expand_terms(words, caches.vocab.get(store)) if words else ([], {})
+    limit = max(CANDIDATES, k)
+    keyword = _keyword(store, terms, limit, source, since, until)
+
+    notices: list[str] = []
+    semantic: list[tuple[int, float, float]] | None = None
+    if embedder is None:
+        notices.append(NO_EMBEDDER)
+    else:
+        embed_text = text
+        if corrections:
+            embed_text = " ".join(corrections.get(w, w) for w in textnorm.words(text))
+        try:
+            qvec = np.asarray(embedder.embed([embed_text])[0], np.float32)
+        except Exception:  # a broken model must not break search; keyword results still come back
+            log.warning("search: the text embedder failed; keyword results only", exc_info=True)
+            notices.append(EMBEDDER_FAILED)
+        else:
+            snap = caches.embeddings.snapshot(store)
+            floor = MIN_SIMILARITY if words else MIN_SIMILARITY_NO_WORDS
+            semantic = _nearest(snap, qvec, snap.filter_mask(source, since, until), limit, floor)
+    if corrections:
+        shown = ", ".join(f"{a} → {b}" for a, b in corrections.items())
+        notices.insert(0, f"Also searched for corrected spelling: {shown}")
+
+    if semantic is None:
+        ranked = [(cid, -score, t) for cid, score, t in keyword]
+        mode = "keyword"
+    else:
+        ranked = _fuse(keyword, semantic)
+        mode = "hybrid"
+    top = ranked[:k]
+    items = store.get_many([cid for cid, _, _ in top])
+    scores = {cid: s for cid, s, _ in top}
+    for item in items:
+        item["rank_score"] = scores[item["id"]]
+    return SearchResult(items, mode, " ".join(notices) or None, corrections)
+
+
+def _fuse(
+    keyword: list[tuple[int, float, float]], semantic: list[tuple[int, float, float]]
+) -> list[tuple[int, float, float]]:
+    """Reciprocal rank fusion -> (id, fused score (higher is better), time), best first."""
+    fused: dict[int, float] = {}
+    times: dict[int, float] = {}
+    for ranking in (keyword, semantic):
+        for rank, (cid, _, t) in enumerate(ranking, start=1):
+            fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
+            times[cid] = t
+    # Equal scores (e.g. equal BM25 in one list, absent from the other): newest first.
+    return sorted(((c, s, times[c]) for c, s in fused.items()), key=lambda x: (-x[1], -x[2], -x[0]))
+
+
+def similar(store: Store, capture_id: int, k: int = 12) -> list[dict[str, Any]]:
+    """Captures whose image vectors are closest to this capture's (cosine), excluding itself."""
+    row = store.connection().execute(
+        "SELECT vector FROM image_vectors WHERE capture_id = ?", (int(capture_id),)
+    ).fetchone()
+    if row is None:
+        return []
+    return _by_image_vector(store, decode_embedding(row[0]), k, exclude=int(capture_id))
+
+
+def search_by_vector(store: Store, vec: Any, k: int = 12) -> list[dict[str, Any]]:
+    """Captures closest to raw image features (the captioner's float32 [1280] image_vector)."""
+    return _by_image_vector(store, decode_embedding(encode_image_vector(vec)), k, exclude=None)
+
+
+def _by_image_vector(store: Store, q: np.ndarray, k: int, exclude: int | None) -> list[dict[str, Any]]:
+    k = max(1, min(int(k), 1000))
+    snap = _caches_for(store).images.snapshot(store)
+    mask = snap.valid.copy()
+    if exclude is not None:
+        mask &= snap.ids != exclude
+    hits = _nearest(snap, q, mask, k, -1.0)
+    items = store.get_many([cid for cid, _, _ in hits])
+    sims = {cid: s for cid, s, _ in hits}
+    for item in items:
+        item["rank_score"] = sims[item["id"]]
+    return items
