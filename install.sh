@@ -427,9 +427,15 @@ install_models() {
 new_password() { "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))'; }
 
 hash_password() { # password on stdin of `edgecap hash-password`, the hash on stdout
-    local hash
-    hash="$(printf '%s\n' "$1" | "$VENV/bin/edgecap" hash-password)" || die "edgecap hash-password failed"
-    [[ -n "$hash" ]] || die "edgecap hash-password printed nothing"
+    local hash errors
+    errors="$(mktemp)"
+    # Its stderr only says where the hash goes (we know); show it only when it failed.
+    if ! hash="$(printf '%s\n' "$1" | "$VENV/bin/edgecap" hash-password 2>"$errors")" || [[ -z "$hash" ]]; then
+        cat "$errors" >&2
+        rm -f -- "$errors"
+        die "edgecap hash-password failed"
+    fi
+    rm -f -- "$errors"
     printf '%s' "$hash"
 }
 
@@ -547,7 +553,7 @@ install_bin_link() {
 # The unit in systemd/ names the default paths; other layouts get them rewritten, and the data
 # folders outside /var/lib become writable explicitly (ProtectSystem=strict makes the rest read-only).
 render_unit() { # prints the unit
-    local exec_line="ExecStart=$VENV/bin/edgecap run --config $CONF_FILE"
+    local exec_line="ExecStart=$VENV/bin/edgecap --config $CONF_FILE run"
     if [[ $USER_MODE -eq 1 ]]; then
         sed -e "s#^ExecStart=.*#$exec_line#" "$REPO/systemd/edgecap-user.service"
     elif [[ -n "$PREFIX" ]]; then
@@ -589,7 +595,7 @@ running_pid() { # the pid of the background edgecap, if it runs
     pid="$(cat "$PID_FILE")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     # The pid may have been reused after a reboot of the container: check it is our edgecap.
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "edgecap run --config $CONF_FILE" || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "edgecap --config $CONF_FILE run" || return 1
     echo "$pid"
 }
 
@@ -602,7 +608,7 @@ start_background() {
     ensure_dir "$RUN_DIR" 0755
     ensure_dir "$(dirname "$LOG_FILE")" 0750
     cmd=(env "HOME=$DATA_DIR" "XDG_CACHE_HOME=$CACHE_DIR" PYTHONUNBUFFERED=1
-         "$VENV/bin/edgecap" run --config "$CONF_FILE")
+         "$VENV/bin/edgecap" --config "$CONF_FILE" run)
     if [[ $USER_MODE -eq 0 ]] && is_root; then
         # Same identity as under systemd: the edgecap user, its group and video.
         cmd=(setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_USER" --init-groups -- "${cmd[@]}")

@@ -263,7 +263,7 @@ def test_the_unit_for_a_prefix_passes_the_same_checks(tmp_path):
     proc = subprocess.run(["bash", str(INSTALL), "--prefix", "/srv/edgecap", "--print-unit"],
                           capture_output=True, text=True, check=True)
     unit.write_text(proc.stdout)
-    assert "ExecStart=/srv/edgecap/venv/bin/edgecap run --config /srv/edgecap/etc/config.toml" in proc.stdout
+    assert "ExecStart=/srv/edgecap/venv/bin/edgecap --config /srv/edgecap/etc/config.toml run" in proc.stdout
     assert "ReadWritePaths=/srv/edgecap/data /srv/edgecap/cache" in proc.stdout
     check = run_check(str(unit))
     assert check.returncode == 0, check.stdout + check.stderr
