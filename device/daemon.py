@@ -142,8 +142,6 @@ class Backoff:
 
 def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
     """The captioner model set `name` (a folder in models_dir, or a path). Raises StartupError."""
-    from device.captioner import Captioner
-
     path = Path(name).expanduser()
     if not path.is_absolute() and not (len(path.parts) > 1 and path.is_dir()):
         path = Path(models_dir) / name
@@ -154,6 +152,8 @@ def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
             f"captioner model set {name!r} not found at {path} ({hint}); set [model] captioner, "
             "or models_dir / EDGECAP_MODELS_DIR"
         )
+    from device.captioner import Captioner
+
     try:
         return Captioner.load(path, num_threads=num_threads)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -313,7 +313,7 @@ class Daemon:
             log.error("cannot store the capture (%s); retrying in %.0f s", e, delay)
             self._sleep(delay)
             return
-        except Exception:  # noqa: BLE001 - one bad frame must not stop the camera
+        except Exception:
             self.stats.errors += 1
             log.exception("captioning a frame from %s failed; skipping it", frame.source)
             return
@@ -405,7 +405,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started: float) -> Any:
-    """Serve the page in a thread; returns the waitress server (call .close()). Raises StartupError."""
+    """Serve the page in a thread; returns the server (call .stop()). Raises StartupError."""
     from device.web import WebConfigError, create_app, effective_host, make_server
 
     try:
@@ -416,9 +416,9 @@ def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started
         raise StartupError(str(e)) from e
     except OSError as e:
         raise StartupError(f"cannot listen on {config.web.host or '*'}:{config.web.port}: {e.strerror or e}") from e
-    thread = threading.Thread(target=server.run, name="edgecap-web", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name="edgecap-web", daemon=True)
     thread.start()
-    log.info("web page on http://%s:%s/", host, server.effective_port)
+    log.info("web page on http://%s:%s/", host, server.port)
     return server
 
 
@@ -447,7 +447,7 @@ def run(config: Config, web: bool = True, stop: threading.Event | None = None) -
     finally:
         notifier.stopping()
         if server is not None:
-            server.close()
+            server.stop()
         close = getattr(store, "close", None)
         if close is not None:
             close()

@@ -144,7 +144,7 @@ def test_folder_run_skips_bad_files_and_max_captures(tmp_path: Path, models, cap
     old = time.time() - 30
     for p in incoming.iterdir():
         os.utime(p, (old, old))
-    d, stop = make_daemon(tmp_path, models, camera={"source": "folder", "folder": str(incoming)},
+    d, _stop = make_daemon(tmp_path, models, camera={"source": "folder", "folder": str(incoming)},
                           capture={"max_captures": 3, "min_change": 0.0})
     t = threading.Thread(target=d.run)
     t.start()
@@ -261,7 +261,7 @@ def test_sigterm_finishes_frame_and_notifies_systemd(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=30)
+        _out, err = p.communicate(timeout=30)
         sock.settimeout(1)
         try:
             while True:
@@ -285,7 +285,7 @@ def test_camera_that_fails_is_retried_not_fatal(tmp_path: Path) -> None:
                    '[model]\nnum_threads = 1\nembedder = "none"\n')
     # every opened camera gives 2 frames, then "vanishes"
     p = run_edgecap(tmp_path, "--config", str(cfg), "run", "--no-web", env_extra={"PICAMERA2_STANDIN_FAIL_AFTER": "2"})
-    out, err = p.communicate(timeout=90)
+    _out, err = p.communicate(timeout=90)
     assert p.returncode == 0, err
     assert err.count("capture failed") >= 2 and "reopening in" in err and "Traceback" not in err
     assert len(rows(tmp_path / "data")) == 6
@@ -295,6 +295,6 @@ def test_bad_config_stops_startup_with_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[capture]\nintervall = 3\n")
     p = run_edgecap(tmp_path, "--config", str(cfg), "run", "--no-web")
-    out, err = p.communicate(timeout=60)
+    _out, err = p.communicate(timeout=60)
     assert p.returncode == 2
     assert "[capture] intervall" in err and "did you mean 'interval'" in err and "Traceback" not in err
