@@ -326,7 +326,7 @@ def compare(ref_ids: list[list[int]], ref_vecs: np.ndarray, ids: list[list[int]]
         np.linalg.norm(ref_vecs, axis=1) * np.linalg.norm(vecs, axis=1))
     same = sum(a == b for a, b in zip(ref_ids, ids))
     return {
-        "n": int(len(cos)),
+        "n": len(cos),
         "token_ids_identical": int(same),
         "cosine_mean": round(float(cos.mean()), 5),
         "cosine_min": round(float(cos.min()), 5),
