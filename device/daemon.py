@@ -408,6 +408,13 @@ def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started
     """Serve the page in a thread; returns the server (call .stop()). Raises StartupError."""
     from device.web import WebConfigError, create_app, effective_host, make_server
 
+    web = config.web
+    if web.auth and not (web.password_hash or web.password) and not web.host:
+        # A first run with no config should still show the page, but never to the LAN without a
+        # password: serve it on this machine only until a password is set.
+        log.warning("no web password set: serving the page on 127.0.0.1 only, without a password; run "
+                    "`edgecap hash-password` and set [web] password_hash to open it to the network")
+        config = dataclasses.replace(config, web=dataclasses.replace(web, auth=False, host="127.0.0.1"))
     try:
         app = create_app(config, store, captioner, embedder, started=started)
         host = effective_host(config.web.host or None, config.web.auth)

@@ -152,8 +152,11 @@ def check_web(r: Report, config: Config) -> None:
     if not w.auth:
         r.line(WARN, "web", "authentication is off", "set [web] auth = true and a password_hash on a shared LAN")
     elif not (w.password_hash or w.password):
-        r.line(FAIL, "web", "no password configured: the page will not start",
-               "run `edgecap hash-password` and put the hash in [web] password_hash (or set EDGECAP_PASSWORD)")
+        fix = "run `edgecap hash-password` and put the hash in [web] password_hash (or set EDGECAP_PASSWORD)"
+        if w.host:
+            r.line(FAIL, "web", f"no password configured: the page will not start on {w.host}", fix)
+        else:
+            r.line(WARN, "web", "no password configured: the page is served on 127.0.0.1 only", fix)
     else:
         r.line(OK, "web", f"port {w.port}, password set")
 
