@@ -595,7 +595,7 @@ running_pid() { # the pid of the background edgecap, if it runs
     pid="$(cat "$PID_FILE")"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     # The pid may have been reused after a reboot of the container: check it is our edgecap.
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "edgecap --config $CONF_FILE run" || return 1
+    { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -qF "edgecap --config $CONF_FILE run" || return 1
     echo "$pid"
 }
 
