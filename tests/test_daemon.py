@@ -298,3 +298,43 @@ def test_bad_config_stops_startup_with_the_key(tmp_path: Path) -> None:
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 2
     assert "[capture] intervall" in err and "did you mean 'interval'" in err and "Traceback" not in err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_models
+def test_run_serves_the_page_while_capturing(tmp_path: Path) -> None:
+    import base64
+    import json
+    import urllib.request
+
+    port = free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[camera]\nsource = "samples"\n[web]\nhost = "127.0.0.1"\nport = {port}\n'
+                   '[model]\nnum_threads = 1\n')
+    p = run_edgecap(tmp_path, "--config", str(cfg), "run", env_extra={"EDGECAP_PASSWORD": "pw"})
+    auth = "Basic " + base64.b64encode(b"edgecap:pw").decode()
+    items: list = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(items) < 9:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/captures?limit=50",
+                                             headers={"Authorization": auth})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    items = json.load(resp)["items"]
+            except OSError:
+                assert p.poll() is None, p.communicate()[1]
+            time.sleep(0.2)
+        assert len(items) == 9 and all(it["caption"] for it in items)
+        time.sleep(0.5)
+        assert p.poll() is None  # the samples are done; it keeps serving the page
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "Traceback" not in err
