@@ -16,7 +16,7 @@ from PIL import Image
 from device.web import WebConfigError, WebSettings, create_app, effective_host, hash_password
 from device.web.auth import PasswordChecker
 from webfixtures import (
-    CAPTURES, DAY, PASSWORD, SAMPLES, T0, Client, add_sample, basic, fill_store, multipart, running,
+    CAPTURES, DAY, PASSWORD, SAMPLES, T0, Client, PixelCaptioner, basic, fill_store, multipart, running,
 )
 
 PW_HASH = hash_password(PASSWORD)  # scrypt: hash once per test module
@@ -312,6 +312,54 @@ def test_concurrent_clients_get_no_errors(base):
     for t in threads:
         t.join()
     assert results == [200] * (16 * 8)
+
+
+# --- image similarity ---------------------------------------------------------------------------
+
+def test_more_like_this(api):
+    r = api.get("/api/captures/3/similar?k=4")
+    assert r.status == 200
+    items = r.json()["items"]
+    assert len(items) == 4 and 3 not in [c["id"] for c in items]
+    assert all(CAPTURE_FIELDS <= set(c) for c in items)
+    scores = [c["rank_score"] for c in items]
+    assert scores == sorted(scores, reverse=True)
+    assert api.get("/api/captures/999/similar").status == 404
+    assert api.get("/api/captures/3/similar?k=0").status == 400
+
+
+def test_search_by_photo_and_caption_upload(store):
+    app = create_app(WebSettings(password_hash=PW_HASH), store, PixelCaptioner(), None)
+    with running(app) as url:
+        c = Client(url, basic())
+        body, headers = multipart({"k": "3"}, {"image": ("fox.jpg", jpeg_bytes("fox_in_snow.jpg"), "image/jpeg")})
+        r = c.post("/api/search/photo", body, headers=headers)
+        assert r.status == 200, r.text
+        res = r.json()
+        assert [x["id"] for x in res["items"]][0] == 2  # the stored fox, from its pixels alone
+        assert len(res["items"]) == 3 and res["items"][0]["rank_score"] > 0.95
+        # caption an upload and keep it: it becomes a capture like any other
+        before = store.count()
+        body, headers = multipart({"keep": "1"}, {"image": ("cup.png", _png_of("coffee_cup.jpg"), "image/png")})
+        r = c.post("/api/caption", body, headers=headers)
+        assert r.status == 200, r.text
+        out = r.json()
+        assert out["caption"] == "a photo" and out["model"] == "pixel-test"
+        assert np.array(out["attention"]).shape == (2, 7, 7)
+        cid = out["capture"]["id"]
+        assert store.count() == before + 1 and store.get(cid)["source"] == "upload"
+        assert c.get(f"/api/captures/{cid}/image").status == 200
+        # without keep nothing is stored
+        body, headers = multipart({}, {"image": ("cup.png", _png_of("coffee_cup.jpg"), "image/png")})
+        assert c.post("/api/caption", body, headers=headers).status == 200
+        assert store.count() == before + 1
+        store.delete([cid])  # leave the module's store as the other tests expect it
+
+
+def _png_of(name: str) -> bytes:
+    buf = io.BytesIO()
+    Image.open(SAMPLES / name).save(buf, "PNG")
+    return buf.getvalue()
 
 
 # --- uploads -------------------------------------------------------------------------------------

@@ -46,6 +46,28 @@ def attention_for(words: int, centre: tuple[int, int]) -> np.ndarray:
     return np.stack(maps).astype(np.float32)
 
 
+def pixel_vector(img: Image.Image) -> np.ndarray:
+    """A real (if crude) image descriptor: the 8x8 colour thumbnail, centred. Photos that look alike
+    get close vectors, which is all the image-similarity routes need to be tested end to end."""
+    arr = np.asarray(img.convert("RGB").resize((8, 8), Image.Resampling.BILINEAR), np.float32).reshape(-1)
+    return arr - arr.mean()
+
+
+class PixelCaptioner:
+    """The captioner interface (device/captioner.py) with a fixed caption and pixel_vector() as the
+    image vector: for routes whose subject is the plumbing, not the model."""
+
+    model_id = "pixel-test"
+
+    def caption(self, image: Image.Image, beam_width: int = 3) -> Any:
+        from types import SimpleNamespace
+
+        words = ["a", "photo"]
+        return SimpleNamespace(text="a photo", score=-1.0, words=words,
+                               attention=attention_for(len(words), (3, 3)),
+                               beams=[{"text": "a photo", "score": -1.0}], image_vector=pixel_vector(image))
+
+
 def add_sample(store: Store, i: int, *, time: float | None = None) -> int:
     name, caption, centre, source = CAPTURES[i % len(CAPTURES)]
     img = Image.open(SAMPLES / name).convert("RGB")
@@ -56,7 +78,7 @@ def add_sample(store: Store, i: int, *, time: float | None = None) -> int:
         caption=caption, score=-0.5 - 0.05 * i, model_id="captioner-int8",
         beams=[{"text": caption, "score": -0.5 - 0.05 * i},
                {"text": " ".join(words[:-1]) + " outside", "score": -0.9 - 0.05 * i}],
-        attention=attention_for(len(words), centre),
+        attention=attention_for(len(words), centre), image_vector=pixel_vector(img),
     )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 from flask import Blueprint, abort, jsonify, request, send_file
 
 from . import params
+from device.store import StoreFullError
+
 from .app import state
 from .uploads import decode_upload
 
@@ -38,7 +40,8 @@ def api_search():
     res = _search(q, k, source, since, until)
     took = (time.perf_counter() - t0) * 1000
     return jsonify({
-        "query": q, "k": k, "mode": res.mode, "notice": res.notice, "took_ms": round(took, 2),
+        "query": q, "k": k, "mode": res.mode, "notice": res.notice,
+        "corrections": getattr(res, "corrections", None) or {}, "took_ms": round(took, 2),
         "items": [params.capture_json(c) for c in res.items],
     })
 
@@ -96,6 +99,53 @@ def capture_thumb(cid: int):
     return _send_stored(cid, "thumb")
 
 
+@bp.get("/captures/<id:cid>/similar")
+def api_similar(cid: int):
+    """GET /api/captures/<id>/similar?k= : captures whose images look most like this one."""
+    from device.search import similar
+
+    k = params.int_arg(request.args, "k", 12, 1, params.MAX_K)
+    _get_capture(cid)
+    items = similar(state().store, cid, k=k)
+    return jsonify({"id": cid, "k": k, "items": [params.capture_json(c) for c in items]})
+
+
+def _caption_upload():
+    """Decode the uploaded `image`, caption it under the lock; returns (image, caption, ms) or a 503."""
+    st = state()
+    # Check the upload first: a bad file is the client's error whatever state the device is in.
+    img = decode_upload(request.files.get("image"), st.settings.max_upload_bytes)
+    if st.captioner is None:
+        return None, (jsonify({"error": "no captioner is loaded on this device", "status": 503}), 503)
+    t0 = time.perf_counter()
+    # One caption at a time; a queue longer than this means the device is overloaded.
+    if not st.caption_lock.acquire(timeout=CAPTION_WAIT_S):
+        return None, (jsonify({"error": "the captioner is busy; try again shortly", "status": 503}), 503)
+    try:
+        cap = st.captioner.caption(img, beam_width=st.settings.beam_width)
+    finally:
+        st.caption_lock.release()
+    return (img, cap, (time.perf_counter() - t0) * 1000), None
+
+
+@bp.post("/search/photo")
+def api_search_photo():
+    """POST /api/search/photo (multipart `image`, optional `k`): the captures that look most alike."""
+    from device.search import search_by_vector
+
+    k = params.int_arg(request.form, "k", 12, 1, params.MAX_K)
+    done, error = _caption_upload()
+    if error:
+        return error
+    _, cap, took = done
+    vec = getattr(cap, "image_vector", None)
+    items = [] if vec is None else search_by_vector(state().store, vec, k=k)
+    return jsonify({
+        "caption": cap.text, "k": k, "took_ms": round(took, 1),
+        "items": [params.capture_json(c) for c in items],
+    })
+
+
 def caption_json(c: Any, model_id: str | None) -> dict[str, Any]:
     return {
         "caption": c.text,
@@ -115,31 +165,28 @@ def _truthy(v: str | None) -> bool:
 def api_caption():
     """POST /api/caption (multipart `image`, optional `keep=1`): caption, score, words, attention."""
     st = state()
-    # Check the upload first: a bad file is the client's error whatever state the device is in.
-    img = decode_upload(request.files.get("image"), st.settings.max_upload_bytes)
-    if st.captioner is None:
-        return jsonify({"error": "no captioner is loaded on this device", "status": 503}), 503
-    t0 = time.perf_counter()
-    # One caption at a time; a queue longer than this means the device is overloaded.
-    if not st.caption_lock.acquire(timeout=CAPTION_WAIT_S):
-        return jsonify({"error": "the captioner is busy; try again shortly", "status": 503}), 503
-    try:
-        cap = st.captioner.caption(img, beam_width=st.settings.beam_width)
-    finally:
-        st.caption_lock.release()
-    took = (time.perf_counter() - t0) * 1000
+    done, error = _caption_upload()
+    if error:
+        return error
+    img, cap, took = done
     model_id = getattr(st.captioner, "model_id", None)
     out = caption_json(cap, model_id)
     out["took_ms"] = round(took, 1)
     if _truthy(request.form.get("keep")):
         embedding = None
         if st.embedder is not None:
-            embedding = st.embedder.embed([cap.text])[0]
-        cid = st.store.add(
-            img, time=time.time(), source="upload", original_path=None, caption=cap.text,
-            score=cap.score, model_id=model_id, beams=cap.beams, attention=cap.attention,
-            embedding=embedding, image_vector=getattr(cap, "image_vector", None),
-        )
+            try:
+                embedding = st.embedder.embed([cap.text])[0]
+            except Exception:  # still keep the photo: keyword search finds it, re-embedding can follow
+                log.warning("upload: the text embedder failed; stored without an embedding", exc_info=True)
+        try:
+            cid = st.store.add(
+                img, time=time.time(), source="upload", original_path=None, caption=cap.text,
+                score=cap.score, model_id=model_id, beams=cap.beams, attention=cap.attention,
+                embedding=embedding, image_vector=getattr(cap, "image_vector", None),
+            )
+        except StoreFullError:
+            return jsonify({"error": "the device's disk is full; the photo was not kept", "status": 507}), 507
         out["capture"] = params.capture_json(st.store.get(cid) or {"id": cid})
     return jsonify(out)
 

@@ -201,8 +201,9 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     app.config.update(
         SECRET_KEY=secret,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
-        # Form fields are tiny; files are counted against MAX_CONTENT_LENGTH.
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        # Text form fields are tiny; files count against MAX_CONTENT_LENGTH. (werkzeug also applies
+        # this to its parse buffer, which reads 64 KB chunks: keep it well above that.)
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=32,
         SESSION_COOKIE_NAME="edgecap_session",
         SESSION_COOKIE_HTTPONLY=True,

@@ -6,6 +6,7 @@
   const img = document.getElementById("photo");
   const canvas = document.getElementById("heat");
   for (const t of document.querySelectorAll("time[datetime]")) t.textContent = edgecap.formatTime(t.dateTime);
+  loadSimilar(root.dataset.id);
   if (!wordsEl) return;  // a capture stored without attention
   try {
     const c = await edgecap.getJSON("/api/captures/" + root.dataset.id);
@@ -18,3 +19,14 @@
     wordsEl.after(p);
   }
 })();
+
+// "More like this": captures whose images are closest to this one (shown only when there are any).
+async function loadSimilar(id) {
+  try {
+    const res = await edgecap.getJSON(`/api/captures/${id}/similar?k=8`);
+    if (!res.items.length) return;
+    const tpl = document.getElementById("card-tpl");
+    document.getElementById("similar").replaceChildren(...res.items.map((c) => edgecap.card(tpl, c, false)));
+    document.getElementById("similar-section").hidden = false;
+  } catch (e) { /* optional section: leave it hidden */ }
+}

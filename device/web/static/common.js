@@ -27,5 +27,25 @@ const edgecap = (() => {
 
   function fmtScore(x) { return (x === null || x === undefined) ? "" : Number(x).toFixed(2); }
 
-  return { csrf, getJSON, formatTime, fmtScore };
+  // One result card from the page's <template> (thumbnail, caption, time, source, score).
+  function card(tpl, c, isNew) {
+    const a = tpl.content.firstElementChild.cloneNode(true);
+    a.href = c.url;
+    a.dataset.id = c.id;
+    const img = a.querySelector("img");
+    img.src = c.thumb_url;
+    img.alt = c.caption;
+    a.querySelector(".cap").textContent = c.caption;
+    const t = a.querySelector("time");
+    t.dateTime = c.time || "";
+    t.textContent = formatTime(c.time);
+    a.querySelector(".src").textContent = c.source || "";
+    // search results show how well they match; the newest-first list shows the caption's own score
+    const ranked = c.rank_score !== undefined;
+    a.querySelector(".score").textContent = (ranked ? "match " : "score ") + fmtScore(ranked ? c.rank_score : c.score);
+    if (isNew) a.classList.add("new");
+    return a;
+  }
+
+  return { csrf, getJSON, formatTime, fmtScore, card };
 })();

@@ -23,24 +23,7 @@
     return p;
   }
 
-  function card(c, isNew) {
-    const a = tpl.content.firstElementChild.cloneNode(true);
-    a.href = c.url;
-    a.dataset.id = c.id;
-    const img = a.querySelector("img");
-    img.src = c.thumb_url;
-    img.alt = c.caption;
-    a.querySelector(".cap").textContent = c.caption;
-    const t = a.querySelector("time");
-    t.dateTime = c.time || "";
-    t.textContent = edgecap.formatTime(c.time);
-    a.querySelector(".src").textContent = c.source || "";
-    // search results show how well they match; the newest-first list shows the caption's own score
-    const ranked = c.rank_score !== undefined;
-    a.querySelector(".score").textContent = (ranked ? "match " : "score ") + edgecap.fmtScore(ranked ? c.rank_score : c.score);
-    if (isNew) a.classList.add("new");
-    return a;
-  }
+  const card = (c, isNew) => edgecap.card(tpl, c, isNew);
 
   function paint(items, append) {
     if (!append) results.replaceChildren();

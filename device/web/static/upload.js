@@ -11,11 +11,35 @@
   const wordsEl = document.getElementById("words");
   let objectUrl = null;
 
+  const find = document.getElementById("find");
+  const found = document.getElementById("found");
+  const foundSection = document.getElementById("found-section");
+  const tpl = document.getElementById("card-tpl");
+
+  async function findSimilar(f) {
+    const body = new FormData();
+    body.append("image", f);
+    body.append("k", "12");
+    const res = await edgecap.getJSON(find.formAction, { method: "POST", body });
+    found.replaceChildren(...res.items.map((c) => edgecap.card(tpl, c, false)));
+    foundSection.hidden = false;
+    document.getElementById("found-title").textContent = res.items.length
+      ? `Captures that look like your photo (“${res.caption}”)` : "No stored capture looks like it yet.";
+    statusEl.textContent = `Searched by photo in ${Math.round(res.took_ms)} ms`;
+  }
+
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = file.files[0];
     if (!f) { statusEl.textContent = "Choose a photo first."; return; }
     go.disabled = true;
+    find.disabled = true;
+    if (ev.submitter === find) {
+      statusEl.textContent = "Searching by photo…";
+      try { await findSimilar(f); } catch (e) { statusEl.textContent = e.message; }
+      go.disabled = false; find.disabled = false;
+      return;
+    }
     statusEl.textContent = "Captioning…";
     try {
       const body = new FormData(form);
@@ -54,6 +78,7 @@
       statusEl.textContent = e.message;
     } finally {
       go.disabled = false;
+      find.disabled = false;
     }
   });
 })();
