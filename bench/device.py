@@ -1,0 +1,193 @@
+"""Device benchmark: `python -m bench.device` prints a table and saves bench/results/device.json.
+
+For each captioner set in models/: encoder ms, decoder ms per step (beam 1 and 3), caption ms (greedy and
+beam 3); then `edgecap ingest` images per second end to end over the Flickr8k test split (JPEG decode,
+captioning, embedding, thumbnails, SQLite), in-process (the ingest loop) and as the real command.
+Numbers are medians; the machine and its load average are recorded with them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FLICKR = ROOT.parent / "shared" / "data" / "flickr8k"
+OUT = ROOT / "bench" / "results" / "device.json"
+
+
+def median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def _interp(path: Path, threads: int):
+    from device.runtime import make_interpreter
+
+    return make_interpreter(path, num_threads=threads)
+
+
+def encoder_ms(set_dir: Path, manifest: dict, threads: int, repeats: int) -> float:
+    it = _interp(set_dir / manifest["files"]["encoder"], threads)
+    it.allocate_tensors()
+    inp = it.get_input_details()[0]
+    x = np.random.default_rng(0).integers(0, 256, inp["shape"], dtype=np.uint8).astype(inp["dtype"])
+
+    def run() -> None:
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+
+    return median_ms(run, repeats)
+
+
+def step_ms(set_dir: Path, manifest: dict, threads: int, beams: int, repeats: int) -> float:
+    """One decoder step for `beams` hypotheses (inputs resized to batch = beams, zero-filled)."""
+    it = _interp(set_dir / manifest["files"]["step"], threads)
+    for d in it.get_input_details():
+        shape = list(d["shape_signature"] if len(d.get("shape_signature", [])) else d["shape"])
+        shape[0] = beams
+        shape = [max(1, s) for s in shape]
+        it.resize_tensor_input(d["index"], shape)
+    it.allocate_tensors()
+    for d in it.get_input_details():
+        it.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
+    return median_ms(it.invoke, repeats)
+
+
+def caption_ms(set_dir: Path, threads: int, repeats: int) -> dict[str, float]:
+    from device.captioner import Captioner
+    from device.preprocess import load_image
+
+    cap = Captioner.load(set_dir, num_threads=threads)
+    images = [load_image(p) for p in sorted((ROOT / "device" / "samples").glob("*.jpg"))]
+    out: dict[str, float] = {}
+    for label, beam in (("greedy", 1), ("beam3", 3)):
+        times = []
+        for _ in range(max(1, repeats // len(images))):
+            for im in images:
+                t = time.perf_counter()
+                cap.caption(im, beam_width=beam)
+                times.append((time.perf_counter() - t) * 1000)
+        out[label] = statistics.median(times)
+    return out
+
+
+def test_images(n: int) -> list[str]:
+    names = (FLICKR / "Flickr_8k.testImages.txt").read_text().split()[:n]
+    return [str(FLICKR / "Images" / name) for name in names]
+
+
+def ingest_in_process(files: list[str], set_name: str, threads: int, workers: int) -> dict[str, Any]:
+    from device.config import load_config
+    from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
+    from device.ingest import ingest
+
+    with tempfile.TemporaryDirectory(prefix="edgecap-bench-") as d:
+        cfg = load_config(env={}, overrides={"data_dir": d, "models_dir": str(ROOT / "models"),
+                                             "model": {"captioner": set_name, "num_threads": threads}})
+        store = open_store(cfg.data_dir)
+        cap = load_captioner(cfg.models_dir, cfg.model.captioner, threads)
+        emb = load_text_embedder(cfg)
+        pipe = Pipeline(store, cap, emb, cfg.model.beam_width)
+        t = time.perf_counter()
+        res = ingest(pipe, files, workers=workers)
+        secs = time.perf_counter() - t
+        store.close()
+    return {"images": res.stored, "seconds": round(secs, 2), "images_per_s": round(res.stored / secs, 1),
+            "failed": res.failed, "threads": threads, "workers": workers, "beam_width": cfg.model.beam_width,
+            "embedder": cfg.model.embedder}
+
+
+def ingest_command(files: list[str], set_name: str) -> dict[str, Any]:
+    """The real `edgecap ingest` over a folder of symlinks, timed from launch to exit."""
+    with tempfile.TemporaryDirectory(prefix="edgecap-bench-") as d:
+        src = Path(d) / "photos"
+        src.mkdir()
+        for f in files:
+            (src / Path(f).name).symlink_to(f)
+        env = {**os.environ, "EDGECAP_MODELS_DIR": str(ROOT / "models"), "PYTHONPATH": str(ROOT)}
+        env.pop("EDGECAP_CONFIG", None)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "device", "--data-dir", str(Path(d) / "data"),
+                            "--log-level", "warning", "ingest", "--model", set_name, str(src)],
+                           env=env, capture_output=True, text=True, check=False)
+        secs = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"edgecap ingest failed: {r.stderr[-2000:]}")
+    return {"command": "edgecap ingest --model " + set_name + " DIR", "images": len(files),
+            "seconds": round(secs, 2), "images_per_s": round(len(files) / secs, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.device", description=__doc__.splitlines()[0])
+    ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    ap.add_argument("--threads", type=int, default=2, help="TFLite threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--images", type=int, default=1000, help="Flickr8k test images for the ingest run")
+    ap.add_argument("--workers", type=int, default=2, help="ingest decode threads")
+    ap.add_argument("--sets", nargs="*", help="captioner sets (default: every captioner-* in models/)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+
+    sets = args.sets or sorted(p.name for p in args.models_dir.glob("captioner-*")
+                               if (p / "manifest.json").is_file())
+    if not sets:
+        print(f"no captioner sets in {args.models_dir}", file=sys.stderr)
+        return 1
+    result: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
+        "threads": args.threads, "models": {},
+    }
+    print(f"{'set':<22}{'encoder ms':>11}{'step ms b1':>11}{'step ms b3':>11}{'greedy ms':>11}{'beam3 ms':>10}")
+    for name in sets:
+        set_dir = args.models_dir / name
+        manifest = json.loads((set_dir / "manifest.json").read_text())
+        row = {
+            "encoder_ms": round(encoder_ms(set_dir, manifest, args.threads, args.repeats), 2),
+            "step_ms_beam1": round(step_ms(set_dir, manifest, args.threads, 1, args.repeats * 4), 3),
+            "step_ms_beam3": round(step_ms(set_dir, manifest, args.threads, 3, args.repeats * 4), 3),
+            **{f"caption_ms_{k}": round(v, 2) for k, v in caption_ms(set_dir, args.threads, args.repeats).items()},
+            "quantization": manifest.get("quantization"),
+        }
+        result["models"][name] = row
+        print(f"{name:<22}{row['encoder_ms']:>11.2f}{row['step_ms_beam1']:>11.3f}{row['step_ms_beam3']:>11.3f}"
+              f"{row['caption_ms_greedy']:>11.2f}{row['caption_ms_beam3']:>10.2f}")
+
+    if (FLICKR / "Flickr_8k.testImages.txt").is_file():
+        files = test_images(args.images)
+        default = "captioner-int8" if "captioner-int8" in sets else sets[0]
+        result["ingest"] = ingest_in_process(files, default, args.threads, args.workers)
+        result["ingest_command"] = ingest_command(files, default)
+        i, c = result["ingest"], result["ingest_command"]
+        print(f"\ningest ({default}, {i['images']} Flickr8k test images, beam {i['beam_width']}, "
+              f"embedder {i['embedder']}):")
+        print(f"  ingest loop      {i['images_per_s']:>7.1f} images/s ({i['seconds']} s)")
+        print(f"  edgecap ingest   {c['images_per_s']:>7.1f} images/s ({c['seconds']} s, incl. start-up)")
+    else:
+        print(f"(no Flickr8k at {FLICKR}: ingest not measured)", file=sys.stderr)
+    result["machine"]["load_avg_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nsaved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
