@@ -72,6 +72,7 @@ def step_ms(set_dir: Path, manifest: dict, threads: int, beams: int, repeats: in
 
 def caption_ms(set_dir: Path, threads: int, repeats: int) -> dict[str, float]:
     from device.captioner import Captioner
+
     from device.preprocess import load_image
 
     cap = Captioner.load(set_dir, num_threads=threads)
