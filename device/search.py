@@ -33,8 +33,8 @@ RRF_K = 60  # the usual RRF constant: rank 1 scores 1/61, rank 60 half that
 CANDIDATES = 200  # per ranking, before fusion (at least k)
 MIN_SIMILARITY = 0.25  # cosine floor for semantic hits when the query has content words
 MIN_SIMILARITY_NO_WORDS = 0.5  # ... and when it has none ("the", "a of"): only strong matches
-BINARY_ABOVE = 20_000  # above this many vectors, prefilter by Hamming distance of sign bits
-RERANK = 4_000  # candidates from the prefilter scored exactly
+RERANK = 3_000  # vectors scored exactly per query; beyond that, a sign-bit Hamming prefilter picks them
+BINARY_ABOVE = RERANK  # keep sign-bit codes once the index is larger than this
 MAX_QUERY_CHARS = 1000
 KEYWORD_WEIGHTS = (1.0, 0.35)  # bm25 column weights: caption, other beams
 
@@ -60,6 +60,7 @@ class _Snapshot:
     times: np.ndarray  # float64 [n]
     src: np.ndarray  # int32 [n], codes into source_codes
     vecs: np.ndarray  # int8 [n, dim]
+    inv_norms: np.ndarray  # float32 [n]: 1 / |vec| (int8 rounding moves norms off 127)
     valid: np.ndarray  # bool [n] (shared: deletions clear entries in place)
     codes: np.ndarray | None  # uint64 [words, n] sign bits of (vec - center), or None when small
     center: np.ndarray  # float32 [dim], in int8 units
@@ -102,6 +103,7 @@ class _VectorIndex:
         self.times = np.zeros(0, np.float64)
         self.src = np.zeros(0, np.int32)
         self.vecs = np.zeros((0, dim), np.int8)
+        self.inv_norms = np.zeros(0, np.float32)
         self.valid = np.zeros(0, bool)
         self.codes: np.ndarray | None = None
         self.center = np.zeros(dim, np.float32)
@@ -114,6 +116,7 @@ class _VectorIndex:
             n = self.n
             return _Snapshot(
                 ids=self.ids[:n], times=self.times[:n], src=self.src[:n], vecs=self.vecs[:n],
+                inv_norms=self.inv_norms[:n],
                 valid=self.valid[:n], codes=None if self.codes is None else self.codes[:, :n],
                 center=self.center, source_codes=dict(self.source_codes),
             )
@@ -227,14 +230,17 @@ class _VectorIndex:
             self.src = _grow(self.src, cap)
             self.valid = _grow(self.valid, cap)
             self.vecs = _grow(self.vecs, cap)
+            self.inv_norms = _grow(self.inv_norms, cap)
             self.ids[n : n + m], self.times[n : n + m], self.src[n : n + m] = ids, times, src
             self.vecs[n : n + m], self.valid[n : n + m] = vecs, True
+            self.inv_norms[n : n + m] = _inv_norms(vecs)
             self.n = n + m
             self._recode()
             return
         n = self.n
         self.ids[n : n + m], self.times[n : n + m], self.src[n : n + m] = ids, times, src
         self.vecs[n : n + m], self.valid[n : n + m] = vecs, True
+        self.inv_norms[n : n + m] = _inv_norms(vecs)
         if self.codes is not None:
             self.codes[:, n : n + m] = _sign_codes(vecs, self.center)
         self.n = n + m
@@ -267,12 +273,18 @@ class _VectorIndex:
         self.source_codes = codes
         self._append(ids.copy(), times.copy(), src.copy(), vecs.copy())
 
-    # -- querying ------------------------------------------------------------------------------------
-
 
 def _grow(arr: np.ndarray, cap: int) -> np.ndarray:
     out = np.zeros((cap, *arr.shape[1:]), arr.dtype)
     out[: min(arr.shape[0], cap)] = arr[:cap]
+    return out
+
+
+def _inv_norms(vecs: np.ndarray) -> np.ndarray:
+    out = np.empty(vecs.shape[0], np.float32)
+    for s in range(0, vecs.shape[0], 65536):
+        block = vecs[s : s + 65536].astype(np.float32)
+        out[s : s + 65536] = 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", block, block)), 1e-6)
     return out
 
 
@@ -317,9 +329,7 @@ def _nearest(
         dist[~mask] = np.iinfo(np.uint16).max
         cand = np.argpartition(dist, RERANK)[:RERANK]
         cand = cand[mask[cand]]
-    vecs = snap.vecs[cand].astype(np.float32)
-    norms = np.linalg.norm(vecs, axis=1)
-    sims = (vecs @ q) / np.maximum(norms, 1e-6)
+    sims = (snap.vecs[cand].astype(np.float32) @ q) * snap.inv_norms[cand]
     good = sims >= min_sim
     cand, sims = cand[good], sims[good]
     if cand.size > limit:
