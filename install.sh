@@ -99,6 +99,7 @@ parse_args() {
     if [[ -n "$PORT" ]] && ! [[ "$PORT" =~ ^[0-9]+$ && "$PORT" -ge 1 && "$PORT" -le 65535 ]]; then
         die "--port must be a number from 1 to 65535, got '$PORT'"
     fi
+    if [[ -n "$CAMERA" ]]; then camera_lines > /dev/null; fi
     if [[ -n "$PREFIX" ]]; then
         [[ "$PREFIX" == /* ]] || PREFIX="$PWD/$PREFIX"
         PREFIX="${PREFIX%/}"
@@ -446,7 +447,7 @@ camera_lines() {
     case "$spec" in
         folder:*) printf 'source = "folder"\nfolder = %s\n' "$(toml_string "${spec#folder:}")" ;;
         stream:*) printf 'source = "stream"\nurl = %s\n' "$(toml_string "${spec#stream:}")" ;;
-        auto|picamera2|usb|jetson|samples|folder|stream)
+        auto|picamera2|usb|jetson|samples)
             printf 'source = "%s"\n' "$spec"
             printf '# folder = "/home/pi/incoming"    # for source = "folder"\n' ;;
         *) die "--camera: unknown source '$spec' (auto, picamera2, usb, jetson, samples, folder:DIR, stream:URL)" ;;
@@ -455,7 +456,7 @@ camera_lines() {
 
 write_config() {
     local tmp threads captioner="captioner-int8" group="" hash restart_hint
-    ensure_dir "$CONF_DIR" 0755
+    ensure_conf_dir
     if [[ -f "$CONF_FILE" ]]; then
         say "Keeping the existing $CONF_FILE"
         local line
@@ -539,7 +540,13 @@ install_data_dirs() {
     ensure_dir "$DATA_DIR" 0750 "$owner"
     ensure_dir "$CACHE_DIR" 0750 "$owner"
     ensure_dir "$(dirname "$LOG_FILE")" 0750
-    if [[ -n "$owner" ]]; then ensure_dir "$CONF_DIR" 0750 "root:$SERVICE_USER"; fi
+    ensure_conf_dir
+}
+
+# The config holds the password hash: readable by the service's group only (root:edgecap 0750).
+ensure_conf_dir() {
+    if [[ -n "$(service_owner)" ]]; then ensure_dir "$CONF_DIR" 0750 "root:$SERVICE_USER"
+    else ensure_dir "$CONF_DIR" 0700; fi
 }
 
 install_bin_link() {
