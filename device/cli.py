@@ -281,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     setup_logging(config.log.level)
     from device.daemon import StartupError
+    from device.store import StoreError
 
     try:
         return COMMANDS[args.command](config, args)
-    except (UserError, StartupError) as e:
+    except (UserError, StartupError, StoreError) as e:
         print(f"edgecap: {e}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:  # `edgecap search ... | head`

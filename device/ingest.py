@@ -1,7 +1,7 @@
 """`edgecap ingest`: caption a folder of existing photos into the store, skipping ones already stored.
 
-Three stages overlap so both cores stay busy (TFLite, PIL and SQLite release the GIL):
-  decode pool (JPEG decode + resize)  ->  caption thread (TFLite)  ->  this thread (embed + store)
+Four stages overlap so both cores stay busy (TFLite, PIL, SQLite and fsync release the GIL):
+  decode pool (JPEG decode)  ->  caption thread (TFLite)  ->  embed thread (batched)  ->  this thread (store)
 All store calls happen on the calling thread. A capture is reported (`on_stored`) only after the store
 committed it, so a listing printed by `--json` never names a capture a crash could lose.
 """
@@ -97,6 +97,7 @@ def ingest(
         return result
 
     captioned: queue.Queue = queue.Queue(maxsize=2 * batch)
+    embedded: queue.Queue = queue.Queue(maxsize=2 * batch)
     failure: list[BaseException] = []
 
     def caption_stage(decoded: Iterator[tuple[str, Future]]) -> None:
@@ -114,6 +115,31 @@ def ingest(
             failure.append(e)
         finally:
             captioned.put(_END)
+
+    def embed_stage() -> None:
+        # its own thread, so the embedder runs while the store waits for fsync
+        try:
+            done = False
+            while not done:
+                items = [captioned.get()]
+                while len(items) < batch and items[-1] is not _END:  # one call for what is ready
+                    try:
+                        items.append(captioned.get_nowait())
+                    except queue.Empty:
+                        break
+                if items[-1] is _END:
+                    items.pop()
+                    done = True
+                good = [it for it in items if it[1] is not None]
+                vectors = iter(pipeline.embed([cap.text for _, _, cap in good]))
+                for path, image, cap in items:
+                    embedded.put((path, image, cap, next(vectors) if image is not None else None))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            failure.append(e)
+            while captioned.get() is not _END:  # unblock the caption stage
+                pass
+        finally:
+            embedded.put(_END)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="edgecap-decode") as pool:
         def submit_ahead() -> Iterator[tuple[str, Future]]:
@@ -134,44 +160,37 @@ def ingest(
             for _, fut in window:
                 fut.cancel()
 
-        worker = threading.Thread(target=caption_stage, args=(submit_ahead(),), name="edgecap-caption",
-                                  daemon=True)
-        worker.start()
-        done = False
-        while not done:
-            items = [captioned.get()]
-            # batch whatever is ready: one embedder call for several captions is cheaper
-            while len(items) < batch and items[-1] is not _END:
-                try:
-                    items.append(captioned.get_nowait())
-                except queue.Empty:
+        threads = [
+            threading.Thread(target=caption_stage, args=(submit_ahead(),), name="edgecap-caption", daemon=True),
+            threading.Thread(target=embed_stage, name="edgecap-embed", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                item = embedded.get()
+                if item is _END:
                     break
-            if items[-1] is _END:
-                items.pop()
-                done = True
-            good = [(p, img, cap) for p, img, cap in items if img is not None]
-            for p, _, err in (it for it in items if it[1] is None):
-                log.warning("skipping %s", err)
-                result.failed += 1
-            vectors = pipeline.embed([cap.text for _, _, cap in good])
-            for (path, image, cap), vec in zip(good, vectors, strict=True):
-                mtime = _mtime(path)
-                cid = pipeline.save(image, cap, vec, source="ingest", original_path=path, time=mtime)
-                result.stored += 1
-                if on_stored:
-                    on_stored(cid, path, cap)
-            if progress and items:
-                progress(len(items))
-            if stop.is_set():
-                # the caption stage notices too; drain so it is not blocked on a full queue
-                while worker.is_alive() or not captioned.empty():
-                    try:
-                        if captioned.get(timeout=0.1) is _END:
-                            break
-                    except queue.Empty:
-                        pass
-                done = True
-        worker.join()
+                path, image, cap, vec = item
+                if image is None:
+                    log.warning("skipping %s", cap)
+                    result.failed += 1
+                elif not stop.is_set():
+                    cid = pipeline.save(image, cap, vec, source="ingest", original_path=path,
+                                        time=_mtime(path))
+                    result.stored += 1
+                    if on_stored:
+                        on_stored(cid, path, cap)
+                if progress:
+                    progress(1)
+        except BaseException:
+            stop.set()  # a store error: let the stages wind down, then report it
+            while embedded.get() is not _END:
+                pass
+            raise
+        finally:
+            for t in threads:
+                t.join()
     if failure:
         raise failure[0]
     return result
