@@ -135,6 +135,41 @@ def ingest_command(files: list[str], set_name: str) -> dict[str, Any]:
             "seconds": round(secs, 2), "images_per_s": round(len(files) / secs, 1)}
 
 
+def run_rss(captures: int, set_name: str) -> dict[str, Any]:
+    """Peak RSS of `edgecap run` (web page on) after `captures` stored captures, via /usr/bin/time -v.
+
+    The camera is the picamera2 stand-in from tests/ (a live source with no hardware), capturing as fast
+    as the models allow with the gate off, so every frame goes through caption, embed and store.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="edgecap-rss-") as d:
+        cfg = Path(d) / "config.toml"
+        cfg.write_text(
+            f'[camera]\nsource = "picamera2"\nwidth = 640\nheight = 480\n'
+            f"[capture]\ninterval = 0\nmin_change = 0\nmax_captures = {captures}\n"
+            f'[model]\ncaptioner = "{set_name}"\n[web]\nhost = "127.0.0.1"\nport = {port}\n'
+            "[store]\nmin_free_mb = 0\n"
+        )
+        env = {**os.environ, "EDGECAP_MODELS_DIR": str(ROOT / "models"), "EDGECAP_PASSWORD": "bench",
+               "PYTHONPATH": f"{ROOT / 'tests' / 'picamera2_standin'}{os.pathsep}{ROOT}"}
+        env.pop("EDGECAP_CONFIG", None)
+        t = time.perf_counter()
+        r = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "device", "--config", str(cfg),
+                            "--data-dir", str(Path(d) / "data"), "--log-level", "warning", "run"],
+                           env=env, capture_output=True, text=True, check=False)
+        secs = time.perf_counter() - t
+    peak_kb = next((int(line.split(":")[1]) for line in r.stderr.splitlines()
+                    if "Maximum resident set size" in line), None)
+    if r.returncode != 0 or peak_kb is None:
+        raise RuntimeError(f"edgecap run failed: {r.stderr[-2000:]}")
+    return {"captures": captures, "peak_rss_mb": round(peak_kb / 1024, 1), "seconds": round(secs, 1),
+            "command": "/usr/bin/time -v edgecap run (picamera2 stand-in, web on, max_captures)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.device", description=__doc__.splitlines()[0])
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
@@ -144,7 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="ingest decode threads")
     ap.add_argument("--sets", nargs="*", help="captioner sets (default: every captioner-* in models/)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--rss", type=int, metavar="N", help="only measure peak RSS of `edgecap run` after N "
+                    "captures (merged into the saved JSON)")
     args = ap.parse_args(argv)
+
+    if args.rss:
+        res = run_rss(args.rss, "captioner-int8")
+        print(f"edgecap run: peak RSS {res['peak_rss_mb']} MB after {res['captures']} captures "
+              f"({res['seconds']} s)")
+        saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        saved["run_rss"] = res
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(saved, indent=2) + "\n")
+        return 0
 
     sets = args.sets or sorted(p.name for p in args.models_dir.glob("captioner-*")
                                if (p / "manifest.json").is_file())
