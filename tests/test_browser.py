@@ -1,0 +1,196 @@
+"""A real browser against a real server: headless Chromium (Debian's /usr/bin/chromium via Playwright)
+logs in, searches, sees a new capture arrive, opens a capture, hovers a word, uploads a photo.
+Screenshots go to tests/artifacts/ (gitignored)."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from device.web import WebSettings, create_app, hash_password
+from webfixtures import CAPTURES, PASSWORD, SAMPLES, PixelCaptioner, add_sample, fill_store, running
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium")
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def _captioner():
+    """The real captioner when its model set is present; otherwise the pixel stand-in (the page's
+    plumbing is what this test is about; tests/test_captioner.py covers the model)."""
+    try:
+        from device.captioner import Captioner
+
+        return Captioner.load(MODELS / "captioner-int8", num_threads=1)
+    except Exception:
+        return PixelCaptioner()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    store = fill_store(tmp_path_factory.mktemp("store"))
+    app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, _captioner(), None)
+    with running(app) as url:
+        yield url, store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1)
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    problems: list[str] = []
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    # CSP violations, script errors and missing files show up as console errors; the 401 before
+    # login and the 415 of the deliberately bad upload are expected.
+    expected = ("status of 401", "status of 415")
+    pg.on("console", lambda m: problems.append(m.text)
+          if m.type == "error" and not any(e in m.text for e in expected) else None)
+    yield pg
+    ctx.close()
+    assert problems == []
+
+
+def _images_loaded(pg) -> None:
+    """Wait until the images in the viewport have loaded, so screenshots show them."""
+    script = """() => Array.from(document.images)
+        .filter((i) => i.getBoundingClientRect().top < window.innerHeight)
+        .every((i) => i.complete && i.naturalWidth > 0)"""
+    deadline = time.monotonic() + 10
+    while not pg.evaluate(script) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _login(pg, url: str) -> None:
+    pg.goto(url + "/")
+    pg.locator("#password").wait_for()
+    pg.screenshot(path=str(ARTIFACTS / "1-login.png"))
+    pg.fill("#password", "wrong")
+    pg.click("form.login button[type=submit]")
+    sync_api.expect(pg.locator(".login .error")).to_contain_text("Wrong password")
+    pg.fill("#password", PASSWORD)
+    pg.click("form.login button[type=submit]")
+
+
+def test_search_live_update_capture_heatmap(site, page):
+    url, store = site
+    expect = sync_api.expect
+    _login(page, url)
+    cards = page.locator("#results .card")
+    expect(cards).to_have_count(len(CAPTURES))
+    expect(cards.first.locator(".cap")).to_have_text(CAPTURES[-1][1])  # newest first
+    expect(page.locator("#status")).to_contain_text("Newest captures")
+    _images_loaded(page)
+    page.screenshot(path=str(ARTIFACTS / "2-newest.png"), full_page=True)
+
+    # a capture stored while the page is open shows up without a reload
+    add_sample(store, 1, time=time.time())
+    expect(cards).to_have_count(len(CAPTURES) + 1, timeout=15_000)
+    expect(cards.first.locator(".cap")).to_have_text(CAPTURES[1][1])
+    expect(cards.first).to_have_class("card new")
+
+    # type a query: results replace the grid, the keyword-only notice is visible
+    page.fill("#q", "cardboard box")
+    expect(cards).to_have_count(1)
+    expect(cards.first.locator(".cap")).to_have_text("a cat sleeps in a cardboard box")
+    expect(page.locator("#notice")).to_be_visible()
+    expect(page.locator("#notice")).to_contain_text("Keyword search only")
+    assert "q=cardboard+box" in page.url
+    page.fill("#q", "fox")
+    expect(cards.first.locator(".cap")).to_have_text("a red fox stands in the snow")
+    page.select_option("#source", "folder")
+    expect(page.locator("#status")).to_contain_text("Nothing matches")
+    page.select_option("#source", "")
+    expect(cards.first.locator(".cap")).to_have_text("a red fox stands in the snow")
+    expect(page.locator("#more")).to_be_hidden()  # paging is for the newest-first list only
+    _images_loaded(page)
+    page.screenshot(path=str(ARTIFACTS / "3-search.png"), full_page=True)
+
+    # open the capture, hover a word: its attention map is drawn over the photo
+    cards.first.click()
+    expect(page.locator("h1.caption")).to_have_text("a red fox stands in the snow")
+    expect(page.locator(".beams li")).to_have_count(2)
+    canvas = page.locator("#heat")
+    expect(canvas).not_to_have_class("on")
+    page.locator(".word", has_text="fox").hover()
+    expect(canvas).to_have_class("on")
+    expect(page.locator(".word.active")).to_have_text("fox")
+    spread = page.evaluate("""() => {
+        const c = document.getElementById('heat');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let lo = 255, hi = 0;
+        for (let i = 3; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+        return [c.width, c.height, lo, hi];
+    }""")
+    width, height, lo, hi = spread
+    assert width > 100 and height > 100
+    assert hi - lo > 60  # dim where the model did not look, clear where it did
+    page.screenshot(path=str(ARTIFACTS / "4-capture-heatmap.png"), full_page=True)
+    page.locator(".word", has_text="snow").hover()
+    expect(page.locator(".word.active")).to_have_text("snow")
+    expect(page.locator("#similar-section")).to_be_visible()  # more like this
+    expect(page.locator("#similar .card")).not_to_have_count(0)
+
+
+def test_upload_caption_and_find_similar(site, page):
+    url, store = site
+    expect = sync_api.expect
+    _login(page, url)
+    page.goto(url + "/upload")
+    expect(page.locator("#result")).to_be_hidden()
+    before = store.count()
+    page.set_input_files("#image", str(SAMPLES / "fox_in_snow.jpg"))
+    page.check("#keep")
+    page.click("#go")
+    expect(page.locator("#result")).to_be_visible()
+    expect(page.locator("#caption")).not_to_be_empty()
+    expect(page.locator("#kept")).to_be_visible()
+    assert store.count() == before + 1
+    page.locator("#words .word").first.hover()
+    expect(page.locator("#heat")).to_have_class("on")
+    page.screenshot(path=str(ARTIFACTS / "5-upload.png"), full_page=True)
+
+    page.click("#find")
+    expect(page.locator("#found-section")).to_be_visible()
+    expect(page.locator("#found .card").first.locator(".cap")).to_have_text("a red fox stands in the snow")
+
+    # a file that is not an image gets the server's one-line message, not a broken page
+    bad = ARTIFACTS / "not-an-image.jpg"
+    bad.write_bytes(b"this is not a photo")
+    page.set_input_files("#image", str(bad))
+    page.click("#go")
+    expect(page.locator("#status")).to_have_text("not a JPEG, PNG or WebP image")
+    page.screenshot(path=str(ARTIFACTS / "6-upload-error.png"))
+
+
+def test_desktop_layout(site, browser):
+    url, _ = site
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    _login(pg, url)
+    sync_api.expect(pg.locator("#results .card")).not_to_have_count(0)
+    _images_loaded(pg)
+    pg.screenshot(path=str(ARTIFACTS / "7-desktop.png"))
+    pg.goto(url + "/capture/1")
+    pg.locator(".word", has_text="dogs").hover()
+    sync_api.expect(pg.locator("#heat")).to_have_class("on")
+    _images_loaded(pg)
+    pg.screenshot(path=str(ARTIFACTS / "8-desktop-capture.png"))
+    ctx.close()
