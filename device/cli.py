@@ -204,7 +204,7 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
         print(f"edgecap: {res.notice}", file=sys.stderr)
     for item in res.items:
         if args.json:
-            keep = {k: item.get(k) for k in ("id", "time", "source", "caption", "score", "rank_score",
+            keep = {k: item.get(k) for k in ("id", "time", "time_iso", "source", "caption", "score", "rank_score",
                                               "original_path")}
             keep["image"] = str(store.file_path(item["id"], "image") or "")
             print(json.dumps(keep, default=_json_default))
