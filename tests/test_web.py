@@ -205,6 +205,9 @@ def test_captures_newest_first_paged(api):
     rest = api.get("/api/captures?limit=3&offset=6").json()
     assert [c["id"] for c in rest["items"]] == [1] and rest["next_offset"] is None
     assert [c["id"] for c in api.get("/api/captures?after_id=5").json()["items"]] == [7, 6]
+    first = page["items"][0]
+    for key in ("url", "image_url", "thumb_url"):  # the URLs in responses lead where they say
+        assert api.get(first[key]).status == 200, first[key]
 
 
 def test_captures_filters(api):

@@ -11,7 +11,7 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from typing import Any, Mapping
 
 import numpy as np
-from flask import url_for
+from flask import has_request_context, request
 from werkzeug.exceptions import BadRequest
 
 MAX_K = 100
@@ -138,20 +138,24 @@ def words_of(c: Mapping[str, Any]) -> list[str]:
 def capture_json(c: Mapping[str, Any], *, full: bool = False) -> dict[str, Any]:
     """The API's view of a store record: what every capture in every response carries."""
     cid = int(c["id"])
+    ts = to_epoch(c.get("time"))
+    # URLs are formatted here rather than with url_for(): four url_for calls per item cost ~1 ms
+    # per page of results. tests/test_web.py fetches them, so they cannot drift from the routes.
+    root = request.script_root if has_request_context() else ""
     out: dict[str, Any] = {
         "id": cid,
         "caption": c.get("caption") or "",
         "score": _num(c.get("score")),
-        "time": iso_time(c.get("time")),
-        "timestamp": _num(to_epoch(c.get("time")), 3),
+        "time": c.get("time_iso") or iso_time(ts),
+        "timestamp": _num(ts, 3),
         "source": c.get("source"),
         "original_path": c.get("original_path"),
         "model": c.get("model_id"),
         "width": c.get("width"),
         "height": c.get("height"),
-        "url": url_for("views.capture_page", cid=cid),
-        "image_url": url_for("api.capture_image", cid=cid),
-        "thumb_url": url_for("api.capture_thumb", cid=cid),
+        "url": f"{root}/capture/{cid}",
+        "image_url": f"{root}/api/captures/{cid}/image",
+        "thumb_url": f"{root}/api/captures/{cid}/thumb",
     }
     if c.get("rank_score") is not None:
         out["rank_score"] = _num(c.get("rank_score"))
