@@ -33,10 +33,11 @@ RRF_K = 60  # the usual RRF constant: rank 1 scores 1/61, rank 60 half that
 CANDIDATES = 200  # per ranking, before fusion (at least k)
 MIN_SIMILARITY = 0.25  # cosine floor for semantic hits when the query has content words
 MIN_SIMILARITY_NO_WORDS = 0.5  # ... and when it has none ("the", "a of"): only strong matches
-RERANK = 3_000  # vectors scored exactly per query; beyond that, a sign-bit Hamming prefilter picks them
+RERANK = 2_000  # vectors scored exactly per query; beyond that, a sign-bit Hamming prefilter picks them
 BINARY_ABOVE = RERANK  # keep sign-bit codes once the index is larger than this
 MAX_QUERY_CHARS = 1000
 KEYWORD_WEIGHTS = (1.0, 0.35)  # bm25 column weights: caption, other beams
+KEYWORD_WINDOW = 10_000  # newest captures searched by OR-ed keywords first (see _keyword)
 
 NO_EMBEDDER = "Keyword search only: no text embedder available"
 EMBEDDER_FAILED = "Keyword search only: the text embedder failed"
@@ -329,7 +330,9 @@ def _nearest(
         dist[~mask] = np.iinfo(np.uint16).max
         cand = np.argpartition(dist, RERANK)[:RERANK]
         cand = cand[mask[cand]]
-    sims = (snap.vecs[cand].astype(np.float32) @ q) * snap.inv_norms[cand]
+    # einsum, not @: a matrix-vector product this small is faster single-threaded, and OpenBLAS's
+    # thread pool, woken per call from several server threads on a busy 2-core Pi, costs 10+ ms.
+    sims = np.einsum("ij,j->i", snap.vecs[cand].astype(np.float32), q) * snap.inv_norms[cand]
     good = sims >= min_sim
     cand, sims = cand[good], sims[good]
     if cand.size > limit:
@@ -402,9 +405,10 @@ def warm(store: Store) -> None:
 # Query parsing
 
 
-def _expand_terms(words: list[str], vocab: dict[str, int]) -> tuple[list[str], dict[str, str]]:
-    """FTS terms for the query words: present forms, else a correction, else the word itself."""
-    terms: list[str] = []
+def _expand_terms(words: list[str], vocab: dict[str, int]) -> tuple[list[list[str]], dict[str, str]]:
+    """One group of FTS terms per query word: the forms present in the index, else the spelling
+    correction's forms, else the word itself (which then matches nothing)."""
+    groups: list[list[str]] = []
     corrections: dict[str, str] = {}
     for w in words:
         forms = sorted(f for f in textnorm.inflections(w) if f in vocab)
@@ -415,34 +419,70 @@ def _expand_terms(words: list[str], vocab: dict[str, int]) -> tuple[list[str], d
                 forms = sorted(f for f in textnorm.inflections(fixed) if f in vocab) or [fixed]
             else:
                 forms = [w]
-        for f in forms:
-            if f not in terms:
-                terms.append(f)
-    return terms, corrections
+        if forms not in groups:
+            groups.append(forms)
+    return groups, corrections
 
 
-def fts_query(terms: list[str]) -> str:
-    """Quoted terms OR-ed: FTS5 syntax in the user's words is only ever text."""
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+def fts_query(groups: list[list[str]], op: str = "OR") -> str:
+    """Quoted terms, forms of one word OR-ed, words joined by ``op``: the user's text is never syntax."""
+    def quote(t: str) -> str:
+        return '"' + t.replace('"', '""') + '"'
+
+    return f" {op} ".join("(" + " OR ".join(quote(t) for t in g) + ")" for g in groups)
 
 
 def _keyword(
-    store: Store, terms: list[str], limit: int, source: str | None, since: float | None, until: float | None
+    store: Store, groups: list[list[str]], limit: int, source: str | None, since: float | None,
+    until: float | None,
 ) -> list[tuple[int, float, float]]:
-    """(id, bm25 (lower is better), time), best first, newest first among equal scores."""
-    if not terms:
+    """(id, bm25 (lower is better), time), best first, newest first among equal scores.
+
+    BM25 costs about a microsecond per matching caption, so OR-ing frequent words ("man", "runs")
+    over a million captures would cost a second. So:
+    - captions containing *all* the words (AND, cheap: FTS5 intersects doclists) come from the whole
+      store; they are the best BM25 matches anyway;
+    - the OR query runs over the newest captures only, in windows growing x4 from KEYWORD_WINDOW
+      (rowid ranges, applied inside the index) until it has ``limit`` matches or covers the store.
+      A frequent word stops in a small window; a rare one widens cheaply because it is rare.
+    Older partial matches still reach the results through the semantic ranking, which covers all.
+    """
+    if not groups:
         return []
+    conn = store.connection()
     where, args = filter_sql(source, since, until, table="c")
-    extra = (" AND " + where[len("WHERE ") :]) if where else ""
     w_caption, w_alt = KEYWORD_WEIGHTS
-    rows = store.connection().execute(
-        f"""SELECT c.id, bm25(captures_fts, {w_caption}, {w_alt}) AS s, c.time
-            FROM captures_fts JOIN captures c ON c.id = captures_fts.rowid
-            WHERE captures_fts MATCH ?{extra}
-            ORDER BY s, c.time DESC, c.id DESC LIMIT ?""",
-        (fts_query(terms), *args, limit),
-    ).fetchall()
-    return [(int(r[0]), float(r[1]), float(r[2])) for r in rows]
+    if where:
+        sql = f"""SELECT captures_fts.rowid, bm25(captures_fts, {w_caption}, {w_alt}) AS s
+                  FROM captures_fts JOIN captures c ON c.id = captures_fts.rowid
+                  {where} AND captures_fts MATCH ? AND captures_fts.rowid > ? AND captures_fts.rowid <= ?
+                  ORDER BY s, captures_fts.rowid DESC LIMIT ?"""
+    else:
+        sql = f"""SELECT rowid, bm25(captures_fts, {w_caption}, {w_alt}) AS s FROM captures_fts
+                  WHERE captures_fts MATCH ? AND rowid > ? AND rowid <= ? ORDER BY s, rowid DESC LIMIT ?"""
+    scores: dict[int, float] = {}
+    if len(groups) > 1:
+        for rid, score in conn.execute(sql, (*args, fts_query(groups, "AND"), 0, 2**62, limit)):
+            scores[rid] = score
+    # Disjoint windows (floor, ceiling], newest first: a query that ends up covering the whole store
+    # (a rare word, a filter that excludes most captures) reads each match once.
+    ceiling = conn.execute("SELECT coalesce(max(id), 0) FROM captures").fetchone()[0]
+    window, found = KEYWORD_WINDOW, 0
+    while ceiling > 0 and found < limit:
+        floor = max(0, ceiling - window)
+        for rid, score in conn.execute(sql, (*args, fts_query(groups, "OR"), floor, ceiling, limit)):
+            found += rid not in scores
+            scores[rid] = score
+        ceiling, window = floor, window * 4
+    if not scores:
+        return []
+    # Ties at equal BM25 were cut newest-inserted first above; order them by capture time here.
+    ids = list(scores)
+    times = dict(conn.execute(
+        f"SELECT id, time FROM captures WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall())
+    out = [(int(i), float(scores[i]), float(times.get(i, 0.0))) for i in ids]
+    out.sort(key=lambda x: (x[1], -x[2], -x[0]))
+    return out[:limit]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -466,9 +506,9 @@ def search(
 
     caches = _caches_for(store)
     words = textnorm.content_words(text)
-    terms, corrections = _expand_terms(words, caches.vocab.get(store)) if words else ([], {})
+    groups, corrections = _expand_terms(words, caches.vocab.get(store)) if words else ([], {})
     limit = max(CANDIDATES, k)
-    keyword = _keyword(store, terms, limit, source, since, until)
+    keyword = _keyword(store, groups, limit, source, since, until)
 
     notices: list[str] = []
     semantic: list[tuple[int, float, float]] | None = None
