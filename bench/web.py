@@ -23,8 +23,9 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.search import SyntheticEmbedder, _percentiles, fill, make_queries
 from device import search as search_mod
@@ -34,6 +35,7 @@ from device.web import WebSettings, create_app, hash_password, make_server
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "web.json"
 PASSWORD = "bench-password"
+log = logging.getLogger("bench.web")
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"edgecap:{PASSWORD}".encode()).decode()}
 
 
@@ -124,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             conn.get(paths[0])
             in_app = [_timed(lambda u=u: client.get(u, headers=AUTH)) for u in paths]
             statuses: list[int] = []
-            sock = [_timed(lambda u=u: statuses.append(conn.get(u))) for u in paths]
+            sock = [_timed(lambda u=u, out=statuses: out.append(conn.get(u))) for u in paths]
             bad = sum(s != 200 for s in statuses)
             rows[name] = {"library_ms": _percentiles(direct), "in_app_ms": _percentiles(in_app),
                           "http_ms": _percentiles(sock), "errors": bad}
-            logging.info("%-9s library p50 %6.2f  in-app p50 %6.2f  http p50 %6.2f p95 %6.2f  errors %d",
+            log.info("%-9s library p50 %6.2f  in-app p50 %6.2f  http p50 %6.2f p95 %6.2f  errors %d",
                          name, rows[name]["library_ms"]["p50"], rows[name]["in_app_ms"]["p50"],
                          rows[name]["http_ms"]["p50"], rows[name]["http_ms"]["p95"], bad)
         conc = concurrent(server.port, store, queries, args.clients, args.duration)
-        logging.info("%d clients x %.0f s: %d requests, %d errors, %.1f rps, p50 %.1f p95 %.1f p99 %.1f ms",
+        log.info("%d clients x %.0f s: %d requests, %d errors, %.1f rps, p50 %.1f p95 %.1f p99 %.1f ms",
                      args.clients, conc["duration_s"], conc["requests"], conc["errors"], conc["rps"],
                      conc["latency_ms"]["p50"], conc["latency_ms"]["p95"], conc["latency_ms"]["p99"])
         server.stop()

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from webfixtures import CAPTURES, PASSWORD, SAMPLES, PixelCaptioner, add_sample, fill_store, running
 
 from device.web import WebSettings, create_app, hash_password
-from webfixtures import CAPTURES, PASSWORD, SAMPLES, PixelCaptioner, add_sample, fill_store, running
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,7 +29,7 @@ def _captioner():
         from device.captioner import Captioner
 
         return Captioner.load(MODELS / "captioner-int8", num_threads=1)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any reason the model cannot load means: use the stand-in
         return PixelCaptioner()
 
 

@@ -2,22 +2,30 @@
 from __future__ import annotations
 
 import io
-import json
 import random
 import struct
 import threading
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from webfixtures import (
+    CAPTURES,
+    DAY,
+    PASSWORD,
+    SAMPLES,
+    T0,
+    Client,
+    PixelCaptioner,
+    basic,
+    fill_store,
+    multipart,
+    running,
+)
 
 from device.web import WebConfigError, WebSettings, create_app, effective_host, hash_password
 from device.web.auth import PasswordChecker
-from webfixtures import (
-    CAPTURES, DAY, PASSWORD, SAMPLES, T0, Client, PixelCaptioner, basic, fill_store, multipart, running,
-)
 
 PW_HASH = hash_password(PASSWORD)  # scrypt: hash once per test module
 
@@ -217,7 +225,7 @@ def test_captures_filters(api):
     # capture i is at T0 + i days; ask for days 2..3 in the device's local time
     from datetime import datetime
 
-    day = lambda i: datetime.fromtimestamp(T0 + i * DAY).date().isoformat()  # noqa: E731
+    day = lambda i: datetime.fromtimestamp(T0 + i * DAY).date().isoformat()
     got = api.get(f"/api/captures?since={day(2)}&until={day(3)}").json()["items"]
     assert sorted(c["id"] for c in got) == [3, 4]
     r = api.get(f"/api/captures?since={day(4)}&until={day(2)}")
@@ -339,7 +347,7 @@ def test_search_by_photo_and_caption_upload(store):
         r = c.post("/api/search/photo", body, headers=headers)
         assert r.status == 200, r.text
         res = r.json()
-        assert [x["id"] for x in res["items"]][0] == 2  # the stored fox, from its pixels alone
+        assert res["items"][0]["id"] == 2  # the stored fox, from its pixels alone
         assert len(res["items"]) == 3 and res["items"][0]["rank_score"] > 0.95
         # caption an upload and keep it: it becomes a capture like any other
         before = store.count()

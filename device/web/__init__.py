@@ -3,5 +3,13 @@ from .app import create_app, make_server, serve
 from .auth import hash_password
 from .settings import WebConfigError, WebSettings, effective_host, load_or_create_secret
 
-__all__ = ["create_app", "make_server", "serve", "hash_password", "WebConfigError", "WebSettings",
-           "effective_host", "load_or_create_secret"]
+__all__ = [
+           "WebConfigError",
+           "WebSettings",
+           "create_app",
+           "effective_host",
+           "hash_password",
+           "load_or_create_secret",
+           "make_server",
+           "serve",
+]

@@ -9,9 +9,9 @@ from typing import Any
 
 from flask import Blueprint, abort, jsonify, request, send_file
 
-from . import params
 from device.store import StoreFullError
 
+from . import params
 from .app import state
 from .uploads import decode_upload
 

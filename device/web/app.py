@@ -39,7 +39,7 @@ CSP = (
 class CaptureIdConverter(IntegerConverter):
     """<id:cid>: a capture id SQLite can hold (0..2**63-1); anything else simply does not match (404)."""
 
-    def __init__(self, map, *args, **kwargs):  # noqa: A002 (werkzeug's signature)
+    def __init__(self, map, *args, **kwargs):
         super().__init__(map, min=0, max=2**63 - 1)
 
 

@@ -40,7 +40,7 @@ class PasswordChecker:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, password_hash: str | None) -> "PasswordChecker":
+    def from_settings(cls, password_hash: str | None) -> PasswordChecker:
         return cls(password_hash, os.environ.get(ENV_PASSWORD) or None)
 
     @property

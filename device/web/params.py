@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime, time as dtime, timedelta, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
 
 import numpy as np
 from flask import has_request_context, request
@@ -68,7 +70,7 @@ def date_arg(args: Mapping[str, str], name: str, *, end_of_day: bool = False) ->
             day = date.fromisoformat(raw)
             moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, dtime())
         else:
-            moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "T", 1))
+            moment = datetime.fromisoformat(raw.replace(" ", "T", 1))
         ts = moment.timestamp()  # naive values are local time, as a user typing a date means
     except (OverflowError, OSError):
         raise bad(f"{name} is out of range: {raw!r}") from None
@@ -94,7 +96,7 @@ def to_epoch(value: Any) -> float | None:
     if isinstance(value, datetime):
         return value.timestamp()
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(str(value)).timestamp()
     except ValueError:
         return None
 
@@ -103,7 +105,7 @@ def iso_time(value: Any) -> str | None:
     ts = to_epoch(value)
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).astimezone().isoformat(timespec="seconds")
 
 
 def _num(x: Any, digits: int = 4) -> float | None:

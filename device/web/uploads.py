@@ -44,6 +44,6 @@ def decode_upload(file: FileStorage | None, max_bytes: int) -> Image.Image:
         raise RequestEntityTooLarge(description="the image has too many pixels") from None
     except MemoryError:
         raise RequestEntityTooLarge(description="the image is too large to decode") from None
-    except Exception:  # Pillow raises many types on crafted input (OSError, SyntaxError, struct.error...)
+    except Exception:  # noqa: BLE001 - Pillow raises many types on crafted input (OSError, SyntaxError, struct.error...)
         raise BadRequest(description="the image file is damaged or truncated") from None
     return img
