@@ -40,20 +40,17 @@ from device import search as search_mod
 from device.store import Store, encode_embedding
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("bench.search")
 RESULTS = ROOT / "bench" / "results" / "search.json"
 SYNTHETIC_SOURCE = "synthetic"
 PLACEHOLDER = "images/synthetic/placeholder.jpg"  # the one file every synthetic row points to
 
-SUBJECTS = ("man woman dog boy girl child people dogs men women person group player cat bird "
-            "horse biker skier surfer climber crowd baby puppy team couple kid").split()
-VERBS = ("runs walks jumps plays sits stands rides climbs swims looks holds throws catches "
-         "stands sleeps eats carries wears smiles poses waits crosses skates").split()
-OBJECTS = ("ball frisbee bike rock wave snow water grass street field beach pool wall shirt hat "
-           "toy stick fence road trail car bench table sofa tree hill mountain river sand ramp "
-           "board umbrella kite camera dress jacket").split()
-COLORS = "red blue black white brown green yellow orange pink purple gray".split()
-PLACES = "park city forest lake yard garden stadium market station bridge".split()
-GLUE = "a the in on with at of through into near".split()
+SUBJECTS = ["man", "woman", "dog", "boy", "girl", "child", "people", "dogs", "men", "women", "person", "group", "player", "cat", "bird", "horse", "biker", "skier", "surfer", "climber", "crowd", "baby", "puppy", "team", "couple", "kid"]
+VERBS = ["runs", "walks", "jumps", "plays", "sits", "stands", "rides", "climbs", "swims", "looks", "holds", "throws", "catches", "stands", "sleeps", "eats", "carries", "wears", "smiles", "poses", "waits", "crosses", "skates"]
+OBJECTS = ["ball", "frisbee", "bike", "rock", "wave", "snow", "water", "grass", "street", "field", "beach", "pool", "wall", "shirt", "hat", "toy", "stick", "fence", "road", "trail", "car", "bench", "table", "sofa", "tree", "hill", "mountain", "river", "sand", "ramp", "board", "umbrella", "kite", "camera", "dress", "jacket"]
+COLORS = ["red", "blue", "black", "white", "brown", "green", "yellow", "orange", "pink", "purple", "gray"]
+PLACES = ["park", "city", "forest", "lake", "yard", "garden", "stadium", "market", "station", "bridge"]
+GLUE = ["a", "the", "in", "on", "with", "at", "of", "through", "into", "near"]
 MISSPELLED = ["dgo", "bech", "moutain", "skatboard", "frisbe", "childern", "grss", "yelow"]
 
 
@@ -141,7 +138,7 @@ def fill(store: Store, n: int, *, seed: int = 0, batch: int = 20_000) -> float:
         )
         conn.execute("COMMIT")
         done += m
-        logging.info("filled %d / %d", done, n)
+        log.info("filled %d / %d", done, n)
     conn.execute("DELETE FROM capture_changes")  # the bulk load needs no change log
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return time.perf_counter() - t0
@@ -260,7 +257,7 @@ def minilm_ms() -> dict[str, float] | None:
 
         emb = load_embedder(ROOT / "models", "minilm-int8", num_threads=1)
     except Exception as e:  # noqa: BLE001 - the bench still runs without it
-        logging.info("MiniLM not measured: %s", e)
+        log.info("MiniLM not measured: %s", e)
         return None
     if emb is None:
         return None

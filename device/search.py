@@ -304,7 +304,7 @@ if hasattr(np, "bitwise_count"):  # numpy >= 2.0
         return np.bitwise_count(x)
 
 else:  # pragma: no cover - numpy 1.x
-    _POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+    _POP8 = np.array([i.bit_count() for i in range(256)], np.uint8)
 
     def _popcount(x: np.ndarray) -> np.ndarray:
         return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)

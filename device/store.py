@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import json
 import logging
 import math
@@ -37,9 +38,9 @@ import sqlite3
 import threading
 import time as _time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import sqlite_utils
@@ -239,7 +240,7 @@ def _day_start(day: str) -> int | None:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, tz=UTC).astimezone().isoformat(timespec="seconds")
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -405,7 +406,7 @@ class Store:
                 log.debug("store: closing a connection failed", exc_info=True)
         self._closed = True
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -451,7 +452,7 @@ class Store:
         img_blob = encode_image_vector(image_vector) if image_vector is not None else None
 
         day = _day_dir(t)
-        stamp = datetime.fromtimestamp(t // 1, tz=timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.fromtimestamp(t // 1, tz=UTC).strftime("%Y%m%dT%H%M%S")
         # Time + random suffix: sortable, unique, and never derived from user input.
         name = f"{stamp}{int((t % 1) * 1000):03d}Z-{secrets.token_hex(5)}.jpg"
         rel_image = f"{IMAGES}/{day}/{name}"
@@ -768,7 +769,7 @@ class Store:
                         result["files_deleted"] += 1
         # Rows whose day has no folder at all.
         bounds = [(-math.inf, -math.inf)] + covered + [(math.inf, math.inf)]
-        for (_, gap_start), (gap_end, _) in zip(bounds, bounds[1:]):
+        for (_, gap_start), (gap_end, _) in itertools.pairwise(bounds):
             if gap_start >= gap_end:
                 continue
             for r in conn.execute(

@@ -269,7 +269,7 @@ def test_similar_and_search_by_vector_use_image_vectors(store: Store) -> None:
         ids.append(_add(store, f"other {i}", T0 + 2 + i, image_vector=rng.random(1280).astype(np.float32) ** 4))
     _add(store, "no vector", T0 + 10)
     res = similar(store, ids[0], k=3)
-    assert [c["id"] for c in res][0] == ids[1] and ids[0] not in [c["id"] for c in res]
+    assert res[0]["id"] == ids[1] and ids[0] not in [c["id"] for c in res]
     assert len(res) == 3 and res[0]["rank_score"] > res[1]["rank_score"]
     assert search_by_vector(store, base, k=1)[0]["id"] == ids[0]
     assert similar(store, 9999) == []
