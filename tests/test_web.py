@@ -6,6 +6,7 @@ import random
 import struct
 import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,6 +289,29 @@ def test_search_keyword_only_without_embedder(api):
     assert res["items"][0]["caption"] == "a red fox stands in the snow"
     assert res["mode"] == "keyword" and res["notice"]  # the page shows this notice
     assert all(CAPTURE_FIELDS <= set(c) for c in res["items"])
+
+
+def test_hybrid_search_with_the_real_embedder(tmp_path):
+    """Words that appear in no caption still find the right capture through MiniLM."""
+    from device.embedder import load_embedder
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    try:
+        emb = load_embedder(models, "minilm-int8", num_threads=1)
+    except Exception as e:  # noqa: BLE001 - a broken set is the embedder tests' business
+        pytest.skip(f"minilm-int8 does not load here: {e}")
+    if emb is None:
+        pytest.skip("models/minilm-int8 is not present")
+    store = fill_store(tmp_path, embedder=emb)
+    try:
+        c = create_app(WebSettings(password_hash=PW_HASH), store, None, emb).test_client()
+        for query, expected in (("espresso", "coffee"), ("spaceship", "rocket"), ("kitten", "cat")):
+            res = c.get(f"/api/search?q={query}&k=3", headers=basic()).get_json()
+            assert res["mode"] == "hybrid" and res["notice"] is None
+            assert expected in res["items"][0]["caption"], (query, res["items"][0]["caption"])
+        assert c.get("/api/stats", headers=basic()).get_json()["search_mode"] == "hybrid"
+    finally:
+        store.close()
 
 
 def test_search_filters_and_empty_query(api):

@@ -69,7 +69,7 @@ class PixelCaptioner:
                                beams=[{"text": "a photo", "score": -1.0}], image_vector=pixel_vector(image))
 
 
-def add_sample(store: Store, i: int, *, time: float | None = None) -> int:
+def add_sample(store: Store, i: int, *, time: float | None = None, embedder: Any = None) -> int:
     name, caption, centre, source = CAPTURES[i % len(CAPTURES)]
     img = Image.open(SAMPLES / name).convert("RGB")
     words = caption.split()
@@ -80,14 +80,15 @@ def add_sample(store: Store, i: int, *, time: float | None = None) -> int:
         beams=[{"text": caption, "score": -0.5 - 0.05 * i},
                {"text": " ".join(words[:-1]) + " outside", "score": -0.9 - 0.05 * i}],
         attention=attention_for(len(words), centre), image_vector=pixel_vector(img),
+        embedding=None if embedder is None else embedder.embed([caption])[0],
     )
 
 
-def fill_store(data_dir: Path) -> Store:
+def fill_store(data_dir: Path, embedder: Any = None) -> Store:
     """One capture per sample photo, one day apart, oldest first (ids 1..7)."""
     store = Store(data_dir)
     for i in range(len(CAPTURES)):
-        add_sample(store, i)
+        add_sample(store, i, embedder=embedder)
     return store
 
 
