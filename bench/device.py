@@ -37,55 +37,35 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def _interp(path: Path, threads: int):
-    from device.runtime import make_interpreter
-
-    return make_interpreter(path, num_threads=threads)
-
-
-def encoder_ms(set_dir: Path, manifest: dict, threads: int, repeats: int) -> float:
-    it = _interp(set_dir / manifest["files"]["encoder"], threads)
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    x = np.random.default_rng(0).integers(0, 256, inp["shape"], dtype=np.uint8).astype(inp["dtype"])
-
-    def run() -> None:
-        it.set_tensor(inp["index"], x)
-        it.invoke()
-
-    return median_ms(run, repeats)
-
-
-def step_ms(set_dir: Path, manifest: dict, threads: int, beams: int, repeats: int) -> float:
-    """One decoder step for `beams` hypotheses (inputs resized to batch = beams, zero-filled)."""
-    it = _interp(set_dir / manifest["files"]["step"], threads)
-    for d in it.get_input_details():
-        shape = list(d["shape_signature"] if len(d.get("shape_signature", [])) else d["shape"])
-        shape[0] = beams
-        shape = [max(1, s) for s in shape]
-        it.resize_tensor_input(d["index"], shape)
-    it.allocate_tensors()
-    for d in it.get_input_details():
-        it.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
-    return median_ms(it.invoke, repeats)
-
-
-def caption_ms(set_dir: Path, threads: int, repeats: int) -> dict[str, float]:
+def model_timings(set_dir: Path, threads: int, repeats: int) -> dict[str, float]:
+    """Encoder ms, one decoder step ms (1 and 3 hypotheses), caption ms (greedy, beam 3), through the
+    same Captioner the device uses (so the numbers include the Python glue around each invoke)."""
     from device.captioner import Captioner
-
-    from device.preprocess import load_image
+    from device.preprocess import load_image, to_model_input
 
     cap = Captioner.load(set_dir, num_threads=threads)
     images = [load_image(p) for p in sorted((ROOT / "device" / "samples").glob("*.jpg"))]
-    out: dict[str, float] = {}
+    pixels = to_model_input(images[0])  # already 224x224: encode() does not resize again
+    out: dict[str, float] = {"encoder_ms": median_ms(lambda: cap.encode(pixels), repeats)}
+
+    features = cap.encode(pixels)
+    values, keys, h = cap.decoder_model.init(features)
+    for beams in (1, 3):
+        tokens = np.full([beams], cap.special.start, np.int32)
+        hb, vb, kb = np.repeat(h, beams, 0), np.repeat(values, beams, 0), np.repeat(keys, beams, 0)
+        out[f"step_ms_beam{beams}"] = median_ms(lambda t=tokens, hb=hb, vb=vb, kb=kb:
+                                                cap.decoder_model.step(t, hb, vb, kb), repeats * 4)
+
     for label, beam in (("greedy", 1), ("beam3", 3)):
-        times = []
+        times, words = [], []
         for _ in range(max(1, repeats // len(images))):
             for im in images:
                 t = time.perf_counter()
-                cap.caption(im, beam_width=beam)
+                c = cap.caption(im, beam_width=beam)
                 times.append((time.perf_counter() - t) * 1000)
-        out[label] = statistics.median(times)
+                words.append(len(c.words))
+        out[f"caption_ms_{label}"] = statistics.median(times)
+        out[f"words_{label}"] = statistics.mean(words)
     return out
 
 
@@ -207,13 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in sets:
         set_dir = args.models_dir / name
         manifest = json.loads((set_dir / "manifest.json").read_text())
-        row = {
-            "encoder_ms": round(encoder_ms(set_dir, manifest, args.threads, args.repeats), 2),
-            "step_ms_beam1": round(step_ms(set_dir, manifest, args.threads, 1, args.repeats * 4), 3),
-            "step_ms_beam3": round(step_ms(set_dir, manifest, args.threads, 3, args.repeats * 4), 3),
-            **{f"caption_ms_{k}": round(v, 2) for k, v in caption_ms(set_dir, args.threads, args.repeats).items()},
-            "quantization": manifest.get("quantization"),
-        }
+        row = {k: round(v, 3) for k, v in model_timings(set_dir, args.threads, args.repeats).items()}
+        row["quantization"] = manifest.get("quantization")
+        row["sizes_mb"] = round(sum((manifest.get("sizes") or {}).values()) / 1e6, 2)
         result["models"][name] = row
         print(f"{name:<22}{row['encoder_ms']:>11.2f}{row['step_ms_beam1']:>11.3f}{row['step_ms_beam3']:>11.3f}"
               f"{row['caption_ms_greedy']:>11.2f}{row['caption_ms_beam3']:>10.2f}")
