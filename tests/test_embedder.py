@@ -129,7 +129,20 @@ def test_garbled_model_file_is_a_clear_error(tmp_path):
     data = bytearray(model.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = b"\x00" * 64
     model.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="model.tflite"):
+    with pytest.raises(RuntimeError, match="model.tflite: sha256 does not match"):
+        load_embedder(tmp_path, "minilm-int8", num_threads=1)
+
+
+@pytest.mark.parametrize("role", ["model", "tokenizer"])
+def test_unreadable_file_with_matching_hash_is_a_clear_error(tmp_path, role):
+    """A file that passes the hash check but is not what it claims (a bad export) -> EmbedderError."""
+    dst = copy_set(tmp_path)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    name = manifest["files"][role]
+    (dst / name).write_bytes(b"not a model, not a tokenizer")
+    manifest["sha256"][name] = hashlib.sha256(b"not a model, not a tokenizer").hexdigest()
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmbedderError, match=name):
         load_embedder(tmp_path, "minilm-int8", num_threads=1)
 
 
