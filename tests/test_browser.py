@@ -8,7 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
-from webfixtures import CAPTURES, PASSWORD, SAMPLES, PixelCaptioner, add_sample, fill_store, running
+from webfixtures import (
+    CAPTURES,
+    PASSWORD,
+    SAMPLES,
+    PixelCaptioner,
+    add_sample,
+    captioner_vector,
+    fill_store,
+    load_real_captioner,
+    pixel_vector,
+    running,
+)
 
 from device.web import WebSettings, create_app, hash_password
 
@@ -19,26 +30,19 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get ins
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-MODELS = Path(__file__).resolve().parent.parent / "models"
-
-
-def _captioner():
-    """The real captioner when its model set is present; otherwise the pixel stand-in (the page's
-    plumbing is what this test is about; tests/test_captioner.py covers the model)."""
-    try:
-        from device.captioner import Captioner
-
-        return Captioner.load(MODELS / "captioner-int8", num_threads=1)
-    except Exception:  # noqa: BLE001 - any reason the model cannot load means: use the stand-in
-        return PixelCaptioner()
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    store = fill_store(tmp_path_factory.mktemp("store"))
-    app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, _captioner(), None)
+    # The real captioner when its model set is in models/; else the pixel stand-in (the page's
+    # plumbing is what this test is about; the captioner's own tests cover the model).
+    captioner = load_real_captioner()
+    vector = pixel_vector if captioner is None else captioner_vector(captioner)
+    store = fill_store(tmp_path_factory.mktemp("store"), image_vector=vector)
+    app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store,
+                     captioner or PixelCaptioner(), None)
     with running(app) as url:
-        yield url, store
+        yield url, store, vector
     store.close()
 
 
@@ -90,7 +94,7 @@ def _login(pg, url: str) -> None:
 
 
 def test_search_live_update_capture_heatmap(site, page):
-    url, store = site
+    url, store, vector = site
     expect = sync_api.expect
     _login(page, url)
     cards = page.locator("#results .card")
@@ -101,7 +105,7 @@ def test_search_live_update_capture_heatmap(site, page):
     page.screenshot(path=str(ARTIFACTS / "2-newest.png"), full_page=True)
 
     # a capture stored while the page is open shows up without a reload
-    add_sample(store, 1, time=time.time())
+    add_sample(store, 1, time=time.time(), image_vector=vector)
     expect(cards).to_have_count(len(CAPTURES) + 1, timeout=15_000)
     expect(cards.first.locator(".cap")).to_have_text(CAPTURES[1][1])
     expect(cards.first).to_have_class("card new")
@@ -150,7 +154,7 @@ def test_search_live_update_capture_heatmap(site, page):
 
 
 def test_upload_caption_and_find_similar(site, page):
-    url, store = site
+    url, store, _ = site
     expect = sync_api.expect
     _login(page, url)
     page.goto(url + "/upload")
@@ -169,7 +173,12 @@ def test_upload_caption_and_find_similar(site, page):
 
     page.click("#find")
     expect(page.locator("#found-section")).to_be_visible()
-    expect(page.locator("#found .card").first.locator(".cap")).to_have_text("a red fox stands in the snow")
+    found = page.locator("#found .card")
+    # the photo just kept is the closest match to itself; the stored fox photos come next
+    expect(found.first).to_have_attribute("href", page.locator("#kept-link").get_attribute("href"))
+    expect(found.nth(1).locator(".cap")).to_have_text("a red fox stands in the snow")
+    _images_loaded(page)
+    page.screenshot(path=str(ARTIFACTS / "6-find-similar.png"), full_page=True)
 
     # a file that is not an image gets the server's one-line message, not a broken page
     bad = ARTIFACTS / "not-an-image.jpg"
@@ -177,20 +186,22 @@ def test_upload_caption_and_find_similar(site, page):
     page.set_input_files("#image", str(bad))
     page.click("#go")
     expect(page.locator("#status")).to_have_text("not a JPEG, PNG or WebP image")
-    page.screenshot(path=str(ARTIFACTS / "6-upload-error.png"))
+    expect(page.locator("#status")).to_have_class("status muted error")
+    expect(page.locator("#result")).to_be_hidden()
+    page.screenshot(path=str(ARTIFACTS / "7-upload-error.png"))
 
 
 def test_desktop_layout(site, browser):
-    url, _ = site
+    url, _, _ = site
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = ctx.new_page()
     _login(pg, url)
     sync_api.expect(pg.locator("#results .card")).not_to_have_count(0)
     _images_loaded(pg)
-    pg.screenshot(path=str(ARTIFACTS / "7-desktop.png"))
+    pg.screenshot(path=str(ARTIFACTS / "8-desktop.png"))
     pg.goto(url + "/capture/1")
     pg.locator(".word", has_text="dogs").hover()
     sync_api.expect(pg.locator("#heat")).to_have_class("on")
     _images_loaded(pg)
-    pg.screenshot(path=str(ARTIFACTS / "8-desktop-capture.png"))
+    pg.screenshot(path=str(ARTIFACTS / "9-desktop-capture.png"))
     ctx.close()

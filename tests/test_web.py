@@ -25,6 +25,7 @@ from webfixtures import (
     running,
 )
 
+from device.store import Store
 from device.web import WebConfigError, WebSettings, create_app, effective_host, hash_password
 from device.web.auth import PasswordChecker
 
@@ -393,6 +394,32 @@ def test_search_by_photo_and_caption_upload(store):
         assert c.post("/api/caption", body, headers=headers).status == 200
         assert store.count() == before + 1
         store.delete([cid])  # leave the module's store as the other tests expect it
+
+
+def test_caption_upload_with_the_real_captioner(tmp_path):
+    from webfixtures import load_real_captioner
+
+    cap = load_real_captioner()
+    if cap is None:
+        pytest.skip("models/captioner-int8 is not present")
+    store = Store(tmp_path)
+    try:
+        c = create_app(WebSettings(password_hash=PW_HASH), store, cap, None).test_client()
+        r = c.post("/api/caption", headers=basic(),
+                   data={"image": (io.BytesIO(jpeg_bytes("dog_and_cats.jpg")), "d.jpg"), "keep": "1"})
+        assert r.status_code == 200, r.get_data(as_text=True)
+        out = r.get_json()
+        assert out["caption"] and out["words"] == out["caption"].split()
+        assert np.array(out["attention"]).shape == (len(out["words"]), 7, 7)
+        assert out["beams"][0]["text"] == out["caption"] and out["model"] == cap.model_id
+        stored = store.get(out["capture"]["id"])
+        assert stored["caption"] == out["caption"] and stored["model_id"] == cap.model_id
+        # the stored photo is found again by a search by photo
+        r = c.post("/api/search/photo", headers=basic(),
+                   data={"image": (io.BytesIO(jpeg_bytes("dog_and_cats.jpg")), "d.jpg")})
+        assert r.status_code == 200 and r.get_json()["items"][0]["id"] == stored["id"]
+    finally:
+        store.close()
 
 
 def _png_of(name: str) -> bytes:

@@ -69,7 +69,9 @@ class PixelCaptioner:
                                beams=[{"text": "a photo", "score": -1.0}], image_vector=pixel_vector(image))
 
 
-def add_sample(store: Store, i: int, *, time: float | None = None, embedder: Any = None) -> int:
+def add_sample(store: Store, i: int, *, time: float | None = None, embedder: Any = None,
+               image_vector: Any = pixel_vector) -> int:
+    """Store sample i. image_vector: image -> vector, the same function a search by photo will use."""
     name, caption, centre, source = CAPTURES[i % len(CAPTURES)]
     img = Image.open(SAMPLES / name).convert("RGB")
     words = caption.split()
@@ -79,17 +81,32 @@ def add_sample(store: Store, i: int, *, time: float | None = None, embedder: Any
         caption=caption, score=-0.5 - 0.05 * i, model_id="captioner-int8",
         beams=[{"text": caption, "score": -0.5 - 0.05 * i},
                {"text": " ".join(words[:-1]) + " outside", "score": -0.9 - 0.05 * i}],
-        attention=attention_for(len(words), centre), image_vector=pixel_vector(img),
+        attention=attention_for(len(words), centre), image_vector=image_vector(img),
         embedding=None if embedder is None else embedder.embed([caption])[0],
     )
 
 
-def fill_store(data_dir: Path, embedder: Any = None) -> Store:
+def fill_store(data_dir: Path, embedder: Any = None, image_vector: Any = pixel_vector) -> Store:
     """One capture per sample photo, one day apart, oldest first (ids 1..7)."""
     store = Store(data_dir)
     for i in range(len(CAPTURES)):
-        add_sample(store, i, embedder=embedder)
+        add_sample(store, i, embedder=embedder, image_vector=image_vector)
     return store
+
+
+def load_real_captioner() -> Any:
+    """The committed captioner model set, or None when it is not (yet) in models/."""
+    models = Path(__file__).resolve().parent.parent / "models"
+    if not (models / "captioner-int8" / "manifest.json").is_file():
+        return None
+    from device.captioner import Captioner
+
+    return Captioner.load(models / "captioner-int8", num_threads=1)
+
+
+def captioner_vector(captioner: Any):
+    """image -> the captioner's image vector (what /api/search/photo compares against)."""
+    return lambda img: captioner.caption(img, beam_width=1).image_vector
 
 
 @contextlib.contextmanager

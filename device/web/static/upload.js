@@ -34,9 +34,14 @@
     if (!f) { statusEl.textContent = "Choose a photo first."; return; }
     go.disabled = true;
     find.disabled = true;
+    statusEl.classList.remove("error");
+    const fail = (e) => { statusEl.textContent = e.message; statusEl.classList.add("error"); };
+    // a new request replaces the previous answer, so an error is never shown beside an old result
+    result.hidden = true;
+    foundSection.hidden = true;
     if (ev.submitter === find) {
       statusEl.textContent = "Searching by photo…";
-      try { await findSimilar(f); } catch (e) { statusEl.textContent = e.message; }
+      try { await findSimilar(f); } catch (e) { fail(e); }
       go.disabled = false; find.disabled = false;
       return;
     }
@@ -75,7 +80,7 @@
       result.hidden = false;
       statusEl.textContent = `Captioned in ${Math.round(res.took_ms)} ms` + (res.capture ? " · kept in the store" : "");
     } catch (e) {
-      statusEl.textContent = e.message;
+      fail(e);
     } finally {
       go.disabled = false;
       find.disabled = false;
