@@ -25,6 +25,39 @@ def _train(args) -> None:
     train(args.data, args.work, cfg, resume=args.resume)
 
 
+def _export(args) -> None:
+    from converters.export import export
+    from converters.model import build_encoder
+    from converters.train import load_trained
+    decoder, vocab, meta = load_trained(args.work)
+    export(args.data, args.work, args.models, build_encoder(args.encoder_weights), decoder, vocab, meta,
+           calibration=args.calibration)
+
+
+def _evaluate(args) -> None:
+    import json
+
+    from converters.evaluate import evaluate, markdown_table
+    sets = args.sets or [s for s in ("captioner-int8", "captioner-4bit", "captioner-float")
+                         if (args.models / s / "manifest.json").exists()]
+    report = evaluate(args.data, args.work, args.models, sets, beam_width=args.beam_width,
+                      num_threads=args.threads, tune=not args.no_tune, keras=not args.no_keras,
+                      split=args.split)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=1) + "\n")
+    print(markdown_table(report))
+
+
+def _embedder(args) -> None:
+    from converters.embedder import main as embedder_main
+    embedder_main(["--data", str(args.data), "--out", str(args.models)])
+
+
+def _all(args) -> None:
+    for step in (_features, _train, _export, _evaluate):
+        step(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m converters", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data", type=Path, default=Path("../shared/data/flickr8k"),
                        help="Flickr8k folder (either layout)")
         p.add_argument("--work", type=Path, default=Path("work"), help="feature cache and checkpoints")
+        p.add_argument("--models", type=Path, default=Path("models"), help="where model sets go")
         return p
 
     p = command("features", _features, "extract MobileNetV2 features once (resumable)")
@@ -43,6 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--images-per-batch", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    p = command("export", _export, "write the TFLite model sets to models/")
+    p.add_argument("--encoder-weights", default="imagenet")
+    p.add_argument("--calibration", type=int, default=200, help="training images to calibrate the encoder")
+    p = command("evaluate", _evaluate, "score the model sets (and the Keras model) on the test split")
+    p.add_argument("--sets", nargs="*", help="model sets to score (default: all captioner sets)")
+    p.add_argument("--split", default="test", choices=("dev", "test"))
+    p.add_argument("--beam-width", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-tune", action="store_true", help="keep the manifests' length penalty")
+    p.add_argument("--no-keras", action="store_true", help="skip the Keras float reference")
+    p.add_argument("--report", type=Path, default=Path("bench/results/evaluate.json"))
+    command("embedder", _embedder, "export all-MiniLM-L6-v2 to TFLite and measure parity")
+    p = command("all", _all, "features, train, export and evaluate in one go")
+    p.add_argument("--encoder-weights", default="imagenet")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--images-per-batch", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--calibration", type=int, default=200)
+    p.set_defaults(sets=None, split="test", beam_width=3, threads=2, no_tune=False, no_keras=False,
+                   report=Path("bench/results/evaluate.json"))
 
     args = parser.parse_args(argv)
     if getattr(args, "encoder_weights", None) == "none":

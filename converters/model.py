@@ -103,3 +103,4 @@ class Decoder(keras.Model):
         """Create every weight by running one dummy step."""
         values, keys, h = self.init(tf.zeros((1, 49, self.cfg.feat_dim)))
         self.step(tf.zeros((1,), tf.int32), h, values, keys)
+        self.built = True  # Keras only marks models built by __call__, which this one does not use

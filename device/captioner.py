@@ -1,0 +1,91 @@
+"""Caption an image with a captioner model set: int8 encoder + init/step decoder, beam search."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from device.decoder import Special, beam_search
+from device.modelset import ModelSet, ModelSetError
+from device.preprocess import to_model_input
+from device.runtime import make_interpreter
+
+SIGNATURE = "serving_default"
+
+
+@dataclass
+class Caption:
+    text: str
+    score: float                      # length-normalised log-probability (higher is better)
+    words: list[str]
+    attention: np.ndarray             # float32 [len(words), 7, 7], each map sums to 1
+    beams: list[dict] = field(default_factory=list)   # [{"text", "score"}], best first
+    image_vector: np.ndarray | None = None            # float32 [1280], mean-pooled features
+
+    def to_dict(self) -> dict:
+        return {"caption": self.text, "score": round(self.score, 4), "words": self.words,
+                "beams": self.beams, "attention": np.round(self.attention, 4).tolist()}
+
+
+class TFLiteStepModel:
+    """The `init` and `step` TFLite models behind the decoder's StepModel protocol."""
+
+    def __init__(self, init_path: Path, step_path: Path, num_threads: int):
+        self._init = make_interpreter(init_path, num_threads).get_signature_runner(SIGNATURE)
+        self._step = make_interpreter(step_path, num_threads).get_signature_runner(SIGNATURE)
+
+    def init(self, features):
+        out = self._init(features=features.astype(np.float32))
+        return out["values"], out["keys"], out["h"]
+
+    def step(self, tokens, h, values, keys):
+        out = self._step(token=tokens.astype(np.int32), h=h, values=values, keys=keys)
+        return out["logprobs"], out["h"], out["alpha"]
+
+
+class Captioner:
+    """Thread-safe: one caption at a time per Captioner (TFLite interpreters are not re-entrant)."""
+
+    def __init__(self, model_set: ModelSet, num_threads: int = 2):
+        m = model_set.manifest
+        if m.get("kind") != "captioner":
+            raise ModelSetError(f"{model_set.dir}: kind is {m.get('kind')!r}, not a captioner")
+        self.model_id = model_set.name
+        self.vocab: list[str] = m["vocab"]
+        self.special = Special(**m["special"])
+        self.max_len = int(m["max_len"])
+        self.beam_width = int(m["decoding"]["beam_width"])
+        self.length_penalty = float(m["decoding"]["length_penalty"])
+        self._encoder = make_interpreter(model_set.path("encoder"), num_threads).get_signature_runner(SIGNATURE)
+        self.decoder_model = TFLiteStepModel(model_set.path("init"), model_set.path("step"), num_threads)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, set_dir: str | Path, num_threads: int = 2) -> "Captioner":
+        return cls(ModelSet.load(set_dir), num_threads)
+
+    def encode(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """The encoder's feature map [1,49,1280] for an image (any size: squashed to 224x224)."""
+        pixels = to_model_input(image)[None]
+        with self._lock:
+            return self._encoder(image=pixels)["features"]
+
+    def caption(self, image: Image.Image | np.ndarray, beam_width: int | None = None) -> Caption:
+        return self.caption_features(self.encode(image), beam_width)
+
+    def caption_features(self, features: np.ndarray, beam_width: int | None = None) -> Caption:
+        with self._lock:
+            decoded = beam_search(self.decoder_model, features, self.special,
+                                  beam_width=beam_width or self.beam_width, max_len=self.max_len,
+                                  length_penalty=self.length_penalty)
+        best = decoded.best
+        words = [self.vocab[t] for t in best.tokens]
+        attention = (np.stack(best.alphas).reshape(-1, 7, 7).astype(np.float32) if best.alphas
+                     else np.zeros((0, 7, 7), np.float32))
+        beams = [{"text": " ".join(self.vocab[t] for t in hyp.tokens), "score": round(hyp.score, 4)}
+                 for hyp in decoded.beams]
+        return Caption(" ".join(words), best.score, words, attention, beams,
+                       image_vector=features[0].mean(axis=0).astype(np.float32))

@@ -1,0 +1,95 @@
+"""The one caption decoder: beam search (and greedy, its width-1 case) in plain numpy.
+
+It drives any object with the two calls the exported models have (`init`, `step`: see docs/design.md),
+so the converters' evaluation of the Keras model, of every TFLite variant, and the device all decode
+through this same code: what is measured is what ships.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class StepModel(Protocol):
+    def init(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """features [1,49,F] -> values [1,49,D], keys [1,49,A], h [1,H]."""
+
+    def step(self, tokens: np.ndarray, h: np.ndarray, values: np.ndarray,
+             keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """tokens [B] int32 -> logprobs [B,V], h [B,H], alpha [B,49]."""
+
+
+@dataclass
+class Special:
+    pad: int
+    start: int
+    end: int
+    unk: int
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]          # generated words, without <start>/<end>
+    logprob: float             # sum of log-probabilities, <end> included when finished
+    alphas: list[np.ndarray]   # attention [49] per generated word
+    score: float = 0.0         # length-normalised logprob
+
+
+@dataclass
+class Decoded:
+    best: Hypothesis
+    beams: list[Hypothesis]    # finished hypotheses, best first (best included)
+
+
+def normalised(logprob: float, length: int, length_penalty: float) -> float:
+    """logprob / length**alpha: alpha 0 favours short captions, 1 is the per-word average."""
+    return logprob / max(length, 1) ** length_penalty
+
+
+def beam_search(model: StepModel, features: np.ndarray, special: Special, *, beam_width: int = 3,
+                max_len: int = 20, length_penalty: float = 0.7) -> Decoded:
+    """Decode one image's features [1,49,F]. Hypotheses leave the beam as they reach <end>."""
+    values, keys, h = model.init(features)
+    banned = [special.pad, special.start, special.unk]
+    live = [Hypothesis([], 0.0, [])]
+    live_h = h
+    finished: list[Hypothesis] = []
+    for t in range(max_len + 1):
+        n = len(live)
+        tokens = np.array([hyp.tokens[-1] if hyp.tokens else special.start for hyp in live], np.int32)
+        logprobs, new_h, alpha = model.step(tokens, live_h, np.repeat(values, n, 0), np.repeat(keys, n, 0))
+        logprobs = logprobs.astype(np.float64)
+        logprobs[:, banned] = -np.inf
+        if t == max_len:  # out of room: every live hypothesis must end now
+            logprobs[:, :] = -np.inf
+            logprobs[:, special.end] = 0.0
+        total = np.array([hyp.logprob for hyp in live])[:, None] + logprobs
+        # Only the best `want` candidates can survive; a partial sort is enough.
+        want = min(2 * len(live) + 1, total.size)
+        flat = np.argpartition(-total.ravel(), want - 1)[:want]
+        flat = flat[np.argsort(-total.ravel()[flat], kind="stable")]
+        next_live, next_rows = [], []
+        for index in flat:
+            row, word = divmod(int(index), total.shape[1])
+            hyp = live[row]
+            logprob = float(total[row, word])
+            if word == special.end:
+                length = len(hyp.tokens) + 1
+                finished.append(Hypothesis(hyp.tokens, logprob, hyp.alphas,
+                                           normalised(logprob, length, length_penalty)))
+            elif len(next_live) < beam_width - len(finished):
+                next_live.append(Hypothesis(hyp.tokens + [word], logprob, hyp.alphas + [alpha[row]]))
+                next_rows.append(row)
+            if len(finished) >= beam_width or len(next_live) + len(finished) >= beam_width:
+                break
+        if not next_live:
+            break
+        live, live_h = next_live, new_h[next_rows]
+    finished.sort(key=lambda hyp: hyp.score, reverse=True)
+    return Decoded(finished[0], finished[:beam_width])
+
+
+def greedy(model: StepModel, features: np.ndarray, special: Special, *, max_len: int = 20) -> Decoded:
+    return beam_search(model, features, special, beam_width=1, max_len=max_len, length_penalty=0.0)

@@ -1,0 +1,86 @@
+"""A model set: a folder of TFLite files described by manifest.json (the converters' output).
+
+The device reads models only through this: the manifest names each file by role and records its
+sha256, so a truncated copy or a file from another export is caught at load with a clear message.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ModelSetError(RuntimeError):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelSet:
+    dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.dir.name))
+
+    @classmethod
+    def load(cls, set_dir: str | Path, verify: bool = True) -> "ModelSet":
+        set_dir = Path(set_dir)
+        manifest_file = set_dir / "manifest.json"
+        if not manifest_file.is_file():
+            raise ModelSetError(f"{set_dir}: no manifest.json (not a model set)")
+        try:
+            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelSetError(f"{manifest_file}: not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise ModelSetError(f"{manifest_file}: needs a 'files' object (role -> file name)")
+        ms = cls(set_dir, manifest)
+        if verify:
+            ms.verify()
+        return ms
+
+    def path(self, role: str) -> Path:
+        try:
+            name = self.manifest["files"][role]
+        except KeyError:
+            raise ModelSetError(f"{self.dir}/manifest.json lists no {role!r} file") from None
+        path = self.dir / name
+        if path.resolve().parent != self.dir.resolve():
+            raise ModelSetError(f"{self.dir}/manifest.json: file {name!r} is outside the set")
+        return path
+
+    def verify(self) -> None:
+        """Every file the manifest lists exists and has the recorded sha256."""
+        expected = self.manifest.get("sha256", {})
+        for role in self.manifest["files"]:
+            path = self.path(role)
+            if not path.is_file():
+                raise ModelSetError(f"{path}: missing (listed in manifest.json as {role!r})")
+            want = expected.get(path.name)
+            if want and sha256_of(path) != want:
+                raise ModelSetError(f"{path}: sha256 does not match manifest.json (corrupt or replaced "
+                                    "file; copy the model set again)")
+
+
+def available_sets(models_dir: str | Path, kind: str | None = None) -> list[str]:
+    """Names of the model sets in `models_dir` (optionally of one kind), without verifying hashes."""
+    names = []
+    for manifest in sorted(Path(models_dir).glob("*/manifest.json")):
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if kind is None or data.get("kind") == kind:
+            names.append(manifest.parent.name)
+    return names
