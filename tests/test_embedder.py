@@ -195,9 +195,8 @@ def test_converter_reports_missing_data(tmp_path):
 @pytest.mark.skipif(not HAS_TF, reason="needs TensorFlow")
 def test_graph_converts_with_dynamic_length(tmp_path):
     """A tiny random BERT through the real build + convert path: TFLite equals TF at any length."""
-    from device.runtime import make_interpreter
-
     from converters.embedder import build_module, convert
+    from device.runtime import make_interpreter
 
     rng = np.random.default_rng(0)
     cfg = {"hidden_size": 16, "num_attention_heads": 4, "num_hidden_layers": 2,
