@@ -20,8 +20,9 @@ def _features(args) -> None:
 def _train(args) -> None:
     from converters.train import TrainConfig, train
     cfg = TrainConfig(epochs=args.epochs)
-    if args.images_per_batch:
-        cfg.images_per_batch = args.images_per_batch
+    for option in ("images_per_batch", "min_count", "max_len"):
+        if getattr(args, option):
+            setattr(cfg, option, getattr(args, option))
     train(args.data, args.work, cfg, resume=args.resume)
 
 
@@ -73,10 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = command("features", _features, "extract MobileNetV2 features once (resumable)")
     p.add_argument("--encoder-weights", default="imagenet", help="'imagenet' or 'none' (random, for tests)")
-    p = command("train", _train, "train the decoder on the cached features")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--images-per-batch", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    def training_options(p):
+        p.add_argument("--epochs", type=int, default=20)
+        p.add_argument("--images-per-batch", type=int, default=0, help="default: TrainConfig's")
+        p.add_argument("--min-count", type=int, default=0, help="rarer words become <unk>")
+        p.add_argument("--max-len", type=int, default=0, help="words per caption")
+        p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+
+    training_options(command("train", _train, "train the decoder on the cached features"))
 
     p = command("export", _export, "write the TFLite model sets to models/")
     p.add_argument("--encoder-weights", default="imagenet")
@@ -92,12 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     command("embedder", _embedder, "export all-MiniLM-L6-v2 to TFLite and measure parity")
     p = command("all", _all, "features, train, export and evaluate in one go")
     p.add_argument("--encoder-weights", default="imagenet")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--images-per-batch", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
+    training_options(p)
     p.add_argument("--calibration", type=int, default=200)
-    p.set_defaults(sets=None, split="test", beam_width=3, threads=2, no_tune=False, no_keras=False,
-                   report=Path("bench/results/evaluate.json"))
+    p.add_argument("--report", type=Path, default=Path("bench/results/evaluate.json"))
+    p.set_defaults(sets=None, split="test", beam_width=3, threads=2, no_tune=False, no_keras=False)
 
     args = parser.parse_args(argv)
     if getattr(args, "encoder_weights", None) == "none":

@@ -1,0 +1,75 @@
+"""The Flickr8k reader: both layouts, the standard split, clear errors, vocabulary."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from converters.data import DatasetError, Vocab, load_dataset, normalize
+
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny_flickr"
+
+
+def original_layout(tmp_path: Path) -> Path:
+    """The fixture rewritten in the original layout: Flicker8k_Dataset/, token file, split lists."""
+    root = tmp_path / "orig"
+    shutil.copytree(FIXTURE / "Images", root / "Flicker8k_Dataset")
+    rows = (FIXTURE / "captions.txt").read_text().splitlines()[1:]
+    seen: dict[str, int] = {}
+    lines = []
+    for row in rows:
+        name, caption = row.split(",", 1)
+        lines.append(f"{name}#{seen.setdefault(name, 0)}\t{caption}")
+        seen[name] += 1
+    lines.append("missing_image.jpg#0\tA caption of an image that is not there .")
+    (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    names = sorted(seen)
+    for split, part in (("train", names[:8]), ("dev", names[8:10]), ("test", names[10:])):
+        (root / f"Flickr_8k.{split}Images.txt").write_text("\n".join(part) + "\n")
+    return root
+
+
+def test_kaggle_layout_gets_a_seeded_split_of_every_image():
+    data = load_dataset(FIXTURE)
+    assert len(data.captions) == 12
+    assert sum(len(s) for s in data.splits.values()) == 12
+    assert set(data.splits["test"]).isdisjoint(data.splits["train"])
+    assert load_dataset(FIXTURE).splits == data.splits  # deterministic
+    assert data.image_path("fox_in_snow.jpg").is_file()
+
+
+def test_original_layout_uses_the_split_files_and_skips_missing_images(tmp_path, caplog):
+    data = load_dataset(original_layout(tmp_path))
+    assert [len(data.splits[s]) for s in ("train", "dev", "test")] == [8, 2, 2]
+    assert "missing_image.jpg" not in data.captions
+    assert "do not exist" in caplog.text
+    assert data.captions["cat_in_box.jpg"][0] == "a cat sits in a cardboard box"
+
+
+def test_garbled_token_file_names_file_and_line(tmp_path):
+    root = original_layout(tmp_path)
+    token = root / "Flickr8k.token.txt"
+    lines = token.read_text().splitlines()
+    lines[3] = "this line has no tab or hash"
+    token.write_text("\n".join(lines))
+    with pytest.raises(DatasetError, match=r"Flickr8k.token.txt:4: expected"):
+        load_dataset(root)
+
+
+def test_garbled_csv_and_missing_files_are_clear_errors(tmp_path):
+    root = tmp_path / "kaggle"
+    shutil.copytree(FIXTURE, root)
+    (root / "captions.txt").write_text("img,text\nx.jpg,a dog\n")
+    with pytest.raises(DatasetError, match=r"captions.txt:1: expected the header"):
+        load_dataset(root)
+    (root / "captions.txt").unlink()
+    with pytest.raises(DatasetError, match="neither Flickr8k.token.txt nor captions.txt"):
+        load_dataset(root)
+
+
+def test_normalize_and_vocabulary():
+    assert normalize("A dog, running! 2 times.") == ["a", "dog", "running", "times"]
+    vocab = Vocab.build([["a", "dog"], ["a", "cat"], ["a", "dog"]], min_count=2)
+    assert vocab.words[:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+    assert vocab.words[4:] == ["a", "dog"]
+    ids = vocab.encode(["a", "cat", "dog", "runs"], max_len=3)
+    assert [vocab.words[i] for i in ids] == ["<start>", "a", "<unk>", "dog", "<end>"]

@@ -1,0 +1,79 @@
+"""The whole converters pipeline on the committed dozen-image fixture: features, one epoch, export of
+every variant, evaluation, and decoding through the exported TFLite files with the device code."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("pycocoevalcap")
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "tiny_flickr"
+SETS = ("captioner-int8", "captioner-4bit", "captioner-float")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cmd = [sys.executable, "-m", "converters", "all", "--data", str(FIXTURE), "--work", str(tmp / "work"),
+           "--models", str(tmp / "models"), "--report", str(tmp / "report.json"),
+           "--encoder-weights", "none", "--epochs", "1", "--min-count", "2", "--max-len", "12",
+           "--images-per-batch", "4", "--calibration", "4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return tmp, run
+
+
+def test_training_leaves_checkpoint_history_and_curves(pipeline):
+    tmp, _ = pipeline
+    work = tmp / "work"
+    state = json.loads((work / "train_state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1]
+    assert state["history"][0]["train_loss"] > 0
+    assert (work / "best.weights.h5").is_file() and (work / "training_curves.png").is_file()
+    assert (work / "features.done").read_text() == "12"
+
+
+def test_every_variant_is_exported_with_a_manifest(pipeline):
+    from device.modelset import ModelSet
+    tmp, _ = pipeline
+    sizes = {}
+    for name in SETS:
+        ms = ModelSet.load(tmp / "models" / name)  # verifies every sha256
+        m = ms.manifest
+        assert m["kind"] == "captioner" and m["vocab"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+        assert m["tensors"]["encoder"]["inputs"]["image"] == {"dtype": "uint8", "shape": [1, 224, 224, 3]}
+        assert m["tensors"]["step"]["outputs"]["logprobs"]["shape"] == [-1, len(m["vocab"])]
+        assert "CIDEr" in m["metrics"]["flickr8k_test"]
+        sizes[name] = m["sizes"]["step.tflite"]
+    # int8 weights are about a quarter of float, 4-bit weights smaller again
+    assert sizes["captioner-4bit"] < sizes["captioner-int8"] < sizes["captioner-float"] / 3
+
+
+def test_evaluation_report_scores_every_set_and_the_keras_model(pipeline):
+    tmp, run = pipeline
+    report = json.loads((tmp / "report.json").read_text())
+    assert set(report["sets"]) == set(SETS) | {"keras-float"}
+    for metrics in report["sets"].values():
+        assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "gender_error_rate", "distinct_words"} <= set(metrics)
+    assert report["sets"]["captioner-int8"]["ms_per_caption"] > 0
+    assert report["length_penalty"]["chosen"] in (0.0, 0.3, 0.5, 0.7, 1.0)
+    assert "| captioner-int8 |" in run.stdout
+
+
+def test_exported_files_caption_through_the_device_decoder(pipeline):
+    from device.captioner import Captioner
+    from device.preprocess import load_image
+    tmp, _ = pipeline
+    for name in SETS:
+        captioner = Captioner.load(tmp / "models" / name, num_threads=1)
+        caption = captioner.caption(load_image(FIXTURE / "Images" / "cat_in_box.jpg"), beam_width=3)
+        assert caption.words and all(w in captioner.vocab for w in caption.words)
+        assert caption.attention.shape == (len(caption.words), 7, 7)
+        assert abs(float(caption.attention[0].sum()) - 1.0) < 1e-3
+        assert caption.beams[0]["text"] == caption.text and len(caption.beams) <= 3
