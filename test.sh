@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a fresh Debian machine: installs what the tests need, then pytest.
+#   ./test.sh            all tests
+#   ./test.sh -k web     pytest arguments pass through
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# System packages: headless Chromium for the browser test, shellcheck and systemd-analyze for the
+# install checks, Java for METEOR. Only installed when missing and we are root.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v java >/dev/null || missing+=(default-jre-headless)
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "test.sh: missing ${missing[*]} (apt-get install them); their tests will be skipped" >&2
+    fi
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[dev,converters]"
+exec .venv/bin/python -m pytest "$@"
