@@ -155,7 +155,7 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    store = open_store(config.data_dir)
+    store = open_store(config.data_dir, config.models_dir)
     try:
         store.reconcile()
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
@@ -197,7 +197,7 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
     from device.daemon import load_text_embedder, open_store
     from device.search import search
 
-    store = open_store(config.data_dir)
+    store = open_store(config.data_dir, config.models_dir)
     embedder = load_text_embedder(config)
     res = search(store, " ".join(args.query), k=args.k, embedder=embedder)
     if res.notice:
@@ -217,7 +217,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from device.daemon import StartupError, load_captioner, load_text_embedder, open_store
     from device.web import WebConfigError, create_app, effective_host, serve
 
-    store = open_store(config.data_dir)
+    store = open_store(config.data_dir, config.models_dir)
     try:
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
     except StartupError as e:

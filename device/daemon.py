@@ -206,11 +206,19 @@ class Pipeline:
         return cid, cap
 
 
-def open_store(data_dir: Path) -> Any:
+def open_store(data_dir: Path, models_dir: Path | None = None) -> Any:
+    """The store; with `models_dir`, image vectors go through models/image-projection when present
+    (text -> image search). Every command opening the data folder passes it, so they all agree."""
+    from device.image_projection import load_image_projection
+    from device.modelset import ModelSetError
     from device.store import Store, StoreError
 
     try:
-        return Store(data_dir)
+        projection = load_image_projection(models_dir)
+    except ModelSetError as e:
+        raise StartupError(f"cannot load the image projection: {e}") from e
+    try:
+        return Store(data_dir, image_projection=projection)
     except StoreError as e:
         raise StartupError(f"{e} (set data_dir / --data-dir / EDGECAP_DATA_DIR)") from e
     except (OSError, sqlite3.Error) as e:
@@ -435,7 +443,7 @@ def run(config: Config, web: bool = True, stop: threading.Event | None = None) -
     stop = stop or threading.Event()
     install_signal_handlers(stop)
     notifier = Notifier()
-    store = open_store(config.data_dir)
+    store = open_store(config.data_dir, config.models_dir)
     server = None
     try:
         store.reconcile()

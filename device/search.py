@@ -12,6 +12,13 @@
 Why RRF rather than mixing raw scores: BM25 scores are unbounded and depend on the corpus, cosines of
 MiniLM live in a narrow band; ranks are comparable without tuning per store. Ties (equal fused score,
 e.g. captions of equal length for a one-word query) are broken newest first.
+
+With the trained image projection (models/image-projection, see device/image_projection.py) the
+stored image vectors live in the text embedder's space and a third ranking joins: the query against
+the images themselves (hubness-corrected). Then the rankings are fused by weighted *scores* (each
+list's cosines z-normalised over its candidates, BM25 relative to the best match), because the image
+similarity is the strongest signal and rank fusion would throw its margins away. Weights were
+chosen on Flickr8k dev by ``python -m converters.retrieval`` (docs/retrieval.md).
 """
 
 from __future__ import annotations
@@ -38,6 +45,25 @@ BINARY_ABOVE = RERANK  # keep sign-bit codes once the index is larger than this
 MAX_QUERY_CHARS = 1000
 KEYWORD_WEIGHTS = (1.0, 0.35)  # bm25 column weights: caption, other beams
 KEYWORD_WINDOW = 10_000  # newest captures searched by OR-ed keywords first (see _keyword)
+
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The parts that rank a text query and their weights (the retrieval benchmark varies these)."""
+
+    keyword: bool = True  # FTS5 / BM25
+    captions: bool = True  # query embedding vs caption embeddings
+    images: bool = True  # query embedding vs projected image vectors (when the store has them)
+    alt_weight: float = KEYWORD_WEIGHTS[1]  # BM25 weight of the other beams (0: best caption only)
+    # score fusion (used when the image ranking takes part)
+    image_weight: float = 1.0
+    caption_weight: float = 0.3
+    keyword_weight: float = 0.3
+    image_floor: float = 0.05  # raw cosine (query, image) below which an image alone does not match
+
+
+SHIPPED = Ranking()
 
 NO_EMBEDDER = "Keyword search only: no text embedder available"
 EMBEDDER_FAILED = "Keyword search only: the text embedder failed"
@@ -314,12 +340,22 @@ def _nearest(
     snap: _Snapshot, query: np.ndarray, mask: np.ndarray, limit: int, min_sim: float
 ) -> list[tuple[int, float, float]]:
     """(capture id, cosine, time) of the ``limit`` nearest valid rows under ``mask``, best first."""
+    cand, sims = _nearest_rows(snap, query, mask, limit, min_sim)
+    times = snap.times[cand]
+    return [(int(snap.ids[c]), float(s), float(t)) for c, s, t in zip(cand, sims, times)]
+
+
+def _nearest_rows(
+    snap: _Snapshot, query: np.ndarray, mask: np.ndarray, limit: int, min_sim: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions, cosines) of the ``limit`` nearest valid rows under ``mask``, best first."""
     cand = np.flatnonzero(mask)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     if cand.size == 0 or limit <= 0:
-        return []
+        return empty
     q = np.asarray(query, np.float32).reshape(-1)
     if q.size != snap.vecs.shape[1]:
-        return []
+        return empty
     q = q / max(float(np.linalg.norm(q)), 1e-12)
     if snap.codes is not None and cand.size > RERANK:
         # Prefilter: Hamming distance of sign bits around the mean, over contiguous uint64 rows.
@@ -338,9 +374,8 @@ def _nearest(
     if cand.size > limit:
         part = np.argpartition(-sims, limit - 1)[:limit]
         cand, sims = cand[part], sims[part]
-    times = snap.times[cand]
-    order = np.lexsort((-snap.ids[cand], -times, -sims))
-    return [(int(snap.ids[cand[i]]), float(sims[i]), float(times[i])) for i in order]
+    order = np.lexsort((-snap.ids[cand], -snap.times[cand], -sims))
+    return cand[order], sims[order]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -398,6 +433,7 @@ def warm(store: Store) -> None:
     """Load the caches now (at server start) instead of on the first search."""
     caches = _caches_for(store)
     caches.embeddings.snapshot(store)
+    caches.images.snapshot(store)
     caches.vocab.get(store)
 
 
@@ -434,7 +470,7 @@ def fts_query(groups: list[list[str]], op: str = "OR") -> str:
 
 def _keyword(
     store: Store, groups: list[list[str]], limit: int, source: str | None, since: float | None,
-    until: float | None,
+    until: float | None, alt_weight: float = KEYWORD_WEIGHTS[1],
 ) -> list[tuple[int, float, float]]:
     """(id, bm25 (lower is better), time), best first, newest first among equal scores.
 
@@ -451,7 +487,7 @@ def _keyword(
         return []
     conn = store.connection()
     where, args = filter_sql(source, since, until, table="c")
-    w_caption, w_alt = KEYWORD_WEIGHTS
+    w_caption, w_alt = KEYWORD_WEIGHTS[0], float(alt_weight)
     if where:
         sql = f"""SELECT captures_fts.rowid, bm25(captures_fts, {w_caption}, {w_alt}) AS s
                   FROM captures_fts JOIN captures c ON c.id = captures_fts.rowid
@@ -497,9 +533,11 @@ def search(
     source: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    ranking: Ranking | None = None,
 ) -> SearchResult:
     """Rank captures for ``query``; newest captures when the query is empty. Never raises on input."""
     k = max(1, min(int(k), 1000))
+    rk = ranking or SHIPPED
     text = (query or "").strip()[:MAX_QUERY_CHARS]
     if not text:
         return SearchResult(store.recent(k, source=source, since=since, until=until), "recent")
@@ -508,13 +546,14 @@ def search(
     words = textnorm.content_words(text)
     groups, corrections = _expand_terms(words, caches.vocab.get(store)) if words else ([], {})
     limit = max(CANDIDATES, k)
-    keyword = _keyword(store, groups, limit, source, since, until)
+    keyword = _keyword(store, groups, limit, source, since, until, rk.alt_weight) if rk.keyword else []
 
     notices: list[str] = []
     semantic: list[tuple[int, float, float]] | None = None
+    images: list[tuple[int, float, float]] | None = None
     if embedder is None:
         notices.append(NO_EMBEDDER)
-    else:
+    elif rk.captions or rk.images:
         embed_text = text
         if corrections:
             embed_text = " ".join(corrections.get(w, w) for w in textnorm.words(text))
@@ -524,14 +563,24 @@ def search(
             log.warning("search: the text embedder failed; keyword results only", exc_info=True)
             notices.append(EMBEDDER_FAILED)
         else:
-            snap = caches.embeddings.snapshot(store)
-            floor = MIN_SIMILARITY if words else MIN_SIMILARITY_NO_WORDS
-            semantic = _nearest(snap, qvec, snap.filter_mask(source, since, until), limit, floor)
+            # Images only for queries with content words: "the" is about nothing, and every image
+            # has *some* similarity to it.
+            if rk.images and words:
+                images = _image_hits(store, caches, qvec, limit, source, since, until, rk.image_floor)
+            if rk.captions:
+                snap = caches.embeddings.snapshot(store)
+                floor = MIN_SIMILARITY if words else MIN_SIMILARITY_NO_WORDS
+                semantic = _nearest(snap, qvec, snap.filter_mask(source, since, until), limit, floor)
+            elif images is None:
+                semantic = []
     if corrections:
         shown = ", ".join(f"{a} → {b}" for a, b in corrections.items())
         notices.insert(0, f"Also searched for corrected spelling: {shown}")
 
-    if semantic is None:
+    if images is not None:
+        ranked = _fuse_scores(keyword, semantic or [], images, rk)
+        mode = "hybrid"
+    elif semantic is None:
         ranked = [(cid, -score, t) for cid, score, t in keyword]
         mode = "keyword"
     else:
@@ -543,6 +592,64 @@ def search(
     for item in items:
         item["rank_score"] = scores[item["id"]]
     return SearchResult(items, mode, " ".join(notices) or None, corrections)
+
+
+def _image_hits(
+    store: Store, caches: _Caches, qvec: np.ndarray, limit: int, source: str | None, since: float | None,
+    until: float | None, floor: float,
+) -> list[tuple[int, float, float]] | None:
+    """(id, hubness-corrected score, time) of the images nearest the query, or None when the store
+    has no projection or its image vectors are not in the text space (e.g. the random projection)."""
+    proj = getattr(store, "image_projection", None)
+    if proj is None:
+        return None
+    snap = caches.images.snapshot(store)
+    if snap.vecs.shape[0] == 0 or snap.vecs.shape[1] != proj.dim:
+        return None
+    q = qvec / max(float(np.linalg.norm(qvec)), 1e-12)
+    rows, sims = _nearest_rows(snap, proj.query_for_images(q), snap.filter_mask(source, since, until), limit, -1.0)
+    if floor > -1.0 and rows.size:
+        # The floor is on the plain cosine (the corrected score has no fixed scale): an image nowhere
+        # near the query is not returned on its own. Cheap: only the candidates are rescored.
+        raw = np.einsum("ij,j->i", snap.vecs[rows].astype(np.float32), q) * snap.inv_norms[rows]
+        rows, sims = rows[raw >= floor], sims[raw >= floor]
+    return [(int(snap.ids[r]), float(s), float(snap.times[r])) for r, s in zip(rows, sims)]
+
+
+def _zscores(hits: list[tuple[int, float, float]]) -> tuple[dict[int, float], float]:
+    """Per-query z-scores of one ranking's candidate scores, and the value for absent captures."""
+    if not hits:
+        return {}, 0.0
+    vals = np.asarray([h[1] for h in hits], np.float64)
+    mean, sd = float(vals.mean()), float(vals.std())
+    sd = sd if sd > 1e-6 else 1.0
+    z = {cid: (s - mean) / sd for cid, s, _ in hits}
+    return z, (float(vals.min()) - mean) / sd  # absent: at most as good as the last candidate
+
+
+def _fuse_scores(
+    keyword: list[tuple[int, float, float]], semantic: list[tuple[int, float, float]],
+    images: list[tuple[int, float, float]], rk: Ranking,
+) -> list[tuple[int, float, float]]:
+    """Weighted score fusion -> (id, fused score (higher is better), time), best first."""
+    times: dict[int, float] = {}
+    for ranking in (keyword, semantic, images):
+        for cid, _, t in ranking:
+            times[cid] = t
+    z_img, img_absent = _zscores(images)
+    z_cap, cap_absent = _zscores(semantic)
+    best_bm25 = min((s for _, s, _ in keyword), default=-1.0)
+    kw = {cid: (s / best_bm25 if best_bm25 < 0 else 0.0) for cid, s, _ in keyword}  # best match = 1
+    fused = []
+    for cid, t in times.items():
+        score = (
+            rk.image_weight * z_img.get(cid, img_absent)
+            + (rk.caption_weight * z_cap.get(cid, cap_absent) if semantic else 0.0)
+            + rk.keyword_weight * kw.get(cid, 0.0)
+        )
+        fused.append((cid, score, t))
+    fused.sort(key=lambda x: (-x[1], -x[2], -x[0]))
+    return fused
 
 
 def _fuse(
@@ -571,7 +678,8 @@ def similar(store: Store, capture_id: int, k: int = 12) -> list[dict[str, Any]]:
 
 def search_by_vector(store: Store, vec: Any, k: int = 12) -> list[dict[str, Any]]:
     """Captures closest to raw image features (the captioner's float32 [1280] image_vector)."""
-    return _by_image_vector(store, decode_embedding(encode_image_vector(vec)), k, exclude=None)
+    blob = encode_image_vector(vec, getattr(store, "image_projection", None))
+    return _by_image_vector(store, decode_embedding(blob), k, exclude=None)
 
 
 def _by_image_vector(store: Store, q: np.ndarray, k: int, exclude: int | None) -> list[dict[str, Any]]:

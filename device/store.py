@@ -114,14 +114,19 @@ def _projection(dim_in: int) -> np.ndarray:
     return mat
 
 
-def encode_image_vector(vec: Any) -> bytes:
+def encode_image_vector(vec: Any, projection: Any = None) -> bytes:
     """Image features (float32 [1280] mean-pooled MobileNetV2) -> at most 1 KB of int8.
 
-    Vectors longer than 1024 are projected to 512 dimensions (see ``_projection``); then the vector
-    is L2-normalised and quantised like the text embeddings. The byte length identifies the format.
+    With the trained image projection (``device.image_projection``, models/image-projection) the
+    features go into the text embedder's space (384 bytes), where typed queries can rank them.
+    Without it, vectors longer than 1024 are projected to 512 dimensions (see ``_projection``), good
+    for "more like this" only. Then the vector is L2-normalised and quantised like the text
+    embeddings. The byte length identifies the format (the search cache skips the other one).
     """
     arr = np.asarray(vec, dtype=np.float32).reshape(-1)
-    if arr.size > 1024:
+    if projection is not None and arr.size == projection.dim_in:
+        arr = projection.project(arr)
+    elif arr.size > 1024:
         arr = arr @ _projection(arr.size)
     norm = float(np.linalg.norm(arr))
     if not math.isfinite(norm) or norm == 0.0:
@@ -324,8 +329,12 @@ class Store:
         data_dir: str | os.PathLike[str],
         *,
         disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+        image_projection: Any = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # device.image_projection.ImageProjection or None: how image features are stored (see
+        # encode_image_vector); every process opening one data folder should pass the same one.
+        self.image_projection = image_projection
         self.db_path = self.data_dir / DB_NAME
         self.images_dir = self.data_dir / IMAGES
         self.thumbs_dir = self.data_dir / THUMBS
@@ -449,7 +458,9 @@ class Store:
             att = np.asarray(attention, dtype=np.float32)
             att_blob = att.reshape(-1, 7, 7).astype(np.float16).tobytes()
         emb_blob = encode_embedding(embedding) if embedding is not None else None
-        img_blob = encode_image_vector(image_vector) if image_vector is not None else None
+        img_blob = (
+            encode_image_vector(image_vector, self.image_projection) if image_vector is not None else None
+        )
 
         day = _day_dir(t)
         stamp = datetime.fromtimestamp(t // 1, tz=UTC).strftime("%Y%m%dT%H%M%S")

@@ -1,0 +1,247 @@
+"""Train the image -> text projection: pooled MobileNetV2 features into MiniLM's sentence space.
+
+The device already computes the encoder's 7x7x1280 feature map for every capture; its mean over the
+49 positions is a 1280-d image vector. A linear map W (1280 -> 384) + b, trained contrastively
+(symmetric InfoNCE) against the frozen MiniLM embeddings of the reference captions, puts that vector
+where the captions of the image would land. A typed query's embedding can then be compared with the
+stored image vectors directly: text -> image search without any caption in between.
+
+Hubness correction: some images come close to every query. Their mean similarity to a set of
+reference captions measures that; since the mean of dot products is the dot product with the mean,
+``v . q - a * mean_j(v . t_j) = v . (q - a * m)`` with ``m`` the mean reference caption embedding.
+So the correction is a shift of the *query* by ``-a * m``: nothing extra is stored per capture.
+
+Output: ``models/image-projection/{projection.npz, manifest.json}`` (kind ``image-projection``),
+read by ``device/image_projection.py``. Run: ``python -m converters.projection`` (a few minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OUT_NAME = "image-projection"
+WEIGHTS_FILE = "projection.npz"
+REFERENCE_CAPTIONS = 2000  # captions whose mean embedding measures an image's hubness
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def pooled_features(work: Path, names: list[str]) -> np.ndarray:
+    """float32 [len(names), 1280]: the mean over the 49 positions of the cached feature maps."""
+    from converters.features import FeatureCache
+
+    cache = FeatureCache(work)
+    index = {n: i for i, n in enumerate(cache.names())}
+    if cache.done() < len(index):
+        raise RuntimeError(f"{cache.data_file}: feature cache incomplete; run `python -m converters features`")
+    data = cache.open()
+    out = np.empty((len(names), data.shape[2]), np.float32)
+    for i, name in enumerate(names):
+        out[i] = data[index[name]].astype(np.float32).mean(axis=0)
+    return out
+
+
+def caption_embeddings(captions: list[str], embedder, cache_file: Path | None = None) -> np.ndarray:
+    """float32 [n, 384] MiniLM embeddings through the device embedder, cached as float16 .npy."""
+    if cache_file is not None and cache_file.exists():
+        cached = np.load(cache_file)
+        if cached.shape[0] == len(captions):
+            return cached.astype(np.float32)
+    from tqdm import tqdm
+
+    out = np.empty((len(captions), embedder.dim), np.float32)
+    for s in tqdm(range(0, len(captions), 256), desc="embed captions", unit="batch"):
+        out[s : s + 256] = embedder.embed(captions[s : s + 256])
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache_file, out.astype(np.float16))
+    return out
+
+
+def split_data(data_root: Path, work: Path, models: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled features [n, 1280], caption embeddings [n, 5, 384]) of one Flickr8k split."""
+    from converters.data import load_dataset
+    from device.embedder import load_embedder
+
+    dataset = load_dataset(data_root)
+    names = dataset.splits[split]
+    captions = [c for n in names for c in dataset.captions[n][:5]]
+    if len(captions) != 5 * len(names):
+        raise RuntimeError(f"{split}: every image needs 5 captions")
+    embedder = load_embedder(models, "minilm-int8", num_threads=2)
+    if embedder is None:
+        raise RuntimeError(f"{models}/minilm-int8 is missing: run `python -m converters embedder` first")
+    texts = caption_embeddings(captions, embedder, work / "retrieval" / f"captions-{split}.npy")
+    return pooled_features(work, names), texts.reshape(len(names), 5, -1)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def project(params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Unit vectors [n, 384] from pooled features [n, 1280] (the same maths as the device)."""
+    y = x @ params["weight"] + params["bias"]
+    return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def train(
+    x: np.ndarray,
+    t: np.ndarray,
+    *,
+    epochs: int = 40,
+    batch: int = 256,
+    lr: float = 2e-3,
+    temperature: float = 0.05,
+    weight_decay: float = 1e-4,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Symmetric InfoNCE between projected images and one random reference caption each per step.
+
+    The input is standardised (mean/std of the training features) and that affine step is folded
+    into W and b afterwards, so the device does one matrix product. ``noise`` (relative Gaussian
+    noise on the features) makes the map tolerant of the int8 encoder's quantisation error.
+    """
+    import tensorflow as tf
+
+    tf.random.set_seed(seed)
+    rng = np.random.default_rng(seed)
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-3
+    xs = ((x - mu) / sd).astype(np.float32)
+    d_in, d_out = x.shape[1], t.shape[2]
+    w = tf.Variable(tf.random.normal((d_in, d_out), stddev=1.0 / np.sqrt(d_in), seed=seed))
+    b = tf.Variable(tf.zeros(d_out))
+    opt = tf.keras.optimizers.Adam(lr)
+    inv_t = 1.0 / temperature
+
+    @tf.function
+    def step(xb, tb):
+        with tf.GradientTape() as tape:
+            if noise:
+                xb = xb + tf.random.normal(tf.shape(xb), stddev=noise)
+            y = tf.math.l2_normalize(xb @ w + b, axis=1)
+            logits = (y @ tf.transpose(tb)) * inv_t
+            labels = tf.range(tf.shape(y)[0])
+            loss = 0.5 * (
+                tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+                + tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.transpose(logits)))
+            ) + weight_decay * tf.reduce_sum(w * w)
+        grads = tape.gradient(loss, [w, b])
+        opt.apply_gradients(zip(grads, [w, b]))
+        return loss
+
+    n = xs.shape[0]
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        pick = rng.integers(0, t.shape[1], n)
+        losses = []
+        for s in range(0, n - batch + 1, batch):
+            idx = order[s : s + batch]
+            losses.append(float(step(tf.constant(xs[idx]), tf.constant(t[idx, pick[idx]]))))
+        if epoch % 10 == 9 or epoch == epochs - 1:
+            log.info("projection epoch %d: loss %.4f", epoch + 1, np.mean(losses))
+    w_np, b_np = w.numpy(), b.numpy()
+    # fold the standardisation: ((x - mu) / sd) @ W + b = x @ (W / sd[:, None]) + (b - (mu / sd) @ W)
+    return {
+        "weight": (w_np / sd[:, None]).astype(np.float32),
+        "bias": (b_np - (mu / sd) @ w_np).astype(np.float32),
+    }
+
+
+def recall(images: np.ndarray, queries: np.ndarray, shift: np.ndarray | None = None) -> dict[str, float]:
+    """Text -> image recall of 5 queries per image ([n,5,d]) against unit image vectors [n,d]."""
+    n = images.shape[0]
+    q = queries.reshape(n * 5, -1)
+    if shift is not None:
+        q = q - shift
+    sims = q @ images.T
+    target = np.repeat(np.arange(n), 5)
+    rank = (sims > sims[np.arange(n * 5), target][:, None]).sum(axis=1) + 1
+    return {"r1": 100 * float((rank <= 1).mean()), "r5": 100 * float((rank <= 5).mean()),
+            "r10": 100 * float((rank <= 10).mean()), "median_rank": float(np.median(rank))}
+
+
+def export(params: dict[str, np.ndarray], ref_mean: np.ndarray, hub_weight: float, out_dir: Path,
+           metrics: dict, training: dict) -> Path:
+    """Write projection.npz (float16) + manifest.json (kind image-projection, sha256)."""
+    from device.modelset import sha256_of
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / WEIGHTS_FILE
+    # float16 halves the file (1280 x 384 x 2 = 983 kB); the error is far below int8 storage's.
+    with open(path, "wb") as f:
+        np.savez(f, weight=params["weight"].astype(np.float16), bias=params["bias"].astype(np.float16),
+                 ref_mean=ref_mean.astype(np.float32))
+    manifest = {
+        "name": OUT_NAME,
+        "kind": "image-projection",
+        "version": time.strftime("%Y%m%d"),
+        "files": {"weights": WEIGHTS_FILE},
+        "sha256": {WEIGHTS_FILE: sha256_of(path)},
+        "sizes": {WEIGHTS_FILE: path.stat().st_size},
+        "quantization": "float16 weights",
+        "preprocessing": "mean over the 49 positions of the captioner encoder's [1,49,1280] output",
+        "tensors": {"input": [1280], "weight": list(params["weight"].shape), "bias": [params["weight"].shape[1]],
+                    "ref_mean": [int(ref_mean.size)]},
+        "text_space": "minilm (all-MiniLM-L6-v2, L2-normalised, 384)",
+        "hubness": {"weight": hub_weight, "reference_captions": REFERENCE_CAPTIONS,
+                    "use": "rank images by v . (q - weight * ref_mean)"},
+        "training": training,
+        "metrics": metrics,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m converters.projection", description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=Path("../shared/data/flickr8k"))
+    p.add_argument("--work", type=Path, default=Path("work"))
+    p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--noise", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--hub-weights", type=float, nargs="*", default=[0.0, 0.3, 0.5, 0.7, 0.9],
+                   help="hubness weights tried on dev; the best R@1 is shipped")
+    p.add_argument("--no-export", action="store_true", help="only print the dev numbers")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    x_tr, t_tr = split_data(args.data, args.work, args.models, "train")
+    x_dev, t_dev = split_data(args.data, args.work, args.models, "dev")
+    t0 = time.perf_counter()
+    params = train(x_tr, t_tr, epochs=args.epochs, temperature=args.temperature, noise=args.noise,
+                   weight_decay=args.weight_decay)
+    took = time.perf_counter() - t0
+    # reference captions: a fixed sample of training captions (never dev/test)
+    ref = t_tr.reshape(-1, t_tr.shape[2])[np.random.default_rng(0).permutation(t_tr.shape[0] * 5)[:REFERENCE_CAPTIONS]]
+    ref_mean = ref.mean(axis=0)
+    v_dev = project(params, x_dev)
+    results = {a: recall(v_dev, t_dev, a * ref_mean) for a in args.hub_weights}
+    for a, r in results.items():
+        print(f"dev hub weight {a:.2f}: R@1 {r['r1']:.1f}  R@5 {r['r5']:.1f}  R@10 {r['r10']:.1f}  "
+              f"median rank {r['median_rank']:.0f}")
+    best = max(results, key=lambda a: (results[a]["r1"] + results[a]["r5"] + results[a]["r10"]))
+    print(f"trained in {took:.0f} s; chosen hub weight {best}")
+    if not args.no_export:
+        training = {"split": "train", "images": int(x_tr.shape[0]), "epochs": args.epochs,
+                    "temperature": args.temperature, "noise": args.noise, "weight_decay": args.weight_decay,
+                    "loss": "symmetric InfoNCE", "features": "Keras float MobileNetV2 (work/features.f16)"}
+        metrics = {"dev_float_features": {str(a): r for a, r in results.items()}}
+        out = export(params, ref_mean, float(best), args.models / OUT_NAME, metrics, training)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
