@@ -55,10 +55,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_install(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def snapshot_checkout(dest: Path) -> Path:
+    """What a fresh clone holds for install.sh, copied once: the checkout may change while the test runs
+    (an edit in device/ between the two installs would rightly make the second one reinstall)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*-float*")
+    for name in ("install.sh", "pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, dest / name)
+    for name in ("device", "systemd", "models"):
+        shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    return dest / "install.sh"
+
+
+def run_install(*args: str, check: bool = True, script: Path = INSTALL) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, EDGECAP_WAIT="240")
-    proc = subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True, env=env,
-                          timeout=INSTALL_TIMEOUT_S, cwd=REPO)
+    proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env,
+                          timeout=INSTALL_TIMEOUT_S, cwd=script.parent)
     if check and proc.returncode != 0:
         pytest.fail(f"install.sh {' '.join(args)} failed ({proc.returncode}):\n"
                     f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
@@ -105,19 +117,24 @@ def installed():
     incoming = Path(tempfile.mkdtemp(prefix="edgecap-incoming-", dir="/tmp"))
     prefix.chmod(0o755)
     incoming.chmod(0o755)
+    checkout = Path(tempfile.mkdtemp(prefix="edgecap-clone-", dir="/tmp"))
     port = free_port()
     user_existed = subprocess.run(["getent", "passwd", "edgecap"], capture_output=True).returncode == 0
-    info = {"prefix": prefix, "incoming": incoming, "port": port, "user_existed": user_existed}
+    script = snapshot_checkout(checkout)
+    info = {"prefix": prefix, "incoming": incoming, "port": port, "user_existed": user_existed,
+            "script": script}
     try:
-        first = run_install("--prefix", str(prefix), "--port", str(port), "--camera", f"folder:{incoming}")
+        first = run_install("--prefix", str(prefix), "--port", str(port), "--camera", f"folder:{incoming}",
+                            script=script)
         info["first"] = first
         m = re.search(r"Web login password: (\S+)", first.stdout)
         assert m, f"no password printed:\n{first.stdout}"
         info["password"] = m.group(1)
         yield info
     finally:
-        run_install("--uninstall", "--purge", "--prefix", str(prefix), check=False)
+        run_install("--uninstall", "--purge", "--prefix", str(prefix), check=False, script=script)
         shutil.rmtree(prefix, ignore_errors=True)
+        shutil.rmtree(checkout, ignore_errors=True)
         shutil.rmtree(incoming, ignore_errors=True)
 
 
@@ -154,6 +171,15 @@ def test_runs_as_the_edgecap_user(installed):
     video = subprocess.run(["getent", "group", "video"], capture_output=True, text=True).stdout.split(":")[2]
     assert str(uid) == user and uid != 0
     assert video in groups
+
+
+@e2e
+def test_installed_package_has_its_data_files(installed):
+    # source = "auto" falls back to the bundled sample photos; the page needs its templates.
+    site = list((installed["prefix"] / "venv" / "lib").glob("python3.*/site-packages/device"))
+    assert len(site) == 1, site
+    assert list((site[0] / "web" / "templates").glob("*.html"))
+    assert list((site[0] / "samples").glob("*.jpg")), "device/samples/*.jpg not in the installed package"
 
 
 @e2e
@@ -199,7 +225,7 @@ def test_second_run_changes_nothing(installed):
     # data/, cache/ and log/ belong to the running service; everything install.sh writes is compared.
     before = tree(prefix, skip=("data", "cache", "log"))
     second = run_install("--prefix", str(prefix), "--port", str(installed["port"]),
-                         "--camera", f"folder:{installed['incoming']}")
+                         "--camera", f"folder:{installed['incoming']}", script=installed["script"])
     after = tree(prefix, skip=("data", "cache", "log"))
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert changed == [], changed
@@ -213,7 +239,7 @@ def test_second_run_changes_nothing(installed):
 def test_uninstall_keeps_captures_then_purge_removes_everything(installed):
     prefix, port = installed["prefix"], installed["port"]
     pid = int((prefix / "run" / "edgecap.pid").read_text())
-    run_install("--uninstall", "--prefix", str(prefix))
+    run_install("--uninstall", "--prefix", str(prefix), script=installed["script"])
     assert not pid_alive(pid)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -221,7 +247,7 @@ def test_uninstall_keeps_captures_then_purge_removes_everything(installed):
     assert (prefix / "data" / "edgecap.db").is_file()
     assert (prefix / "etc" / "config.toml").is_file()
 
-    run_install("--uninstall", "--purge", "--prefix", str(prefix))
+    run_install("--uninstall", "--purge", "--prefix", str(prefix), script=installed["script"])
     assert not prefix.exists()
     if not installed["user_existed"]:
         assert subprocess.run(["getent", "passwd", "edgecap"], capture_output=True).returncode != 0
