@@ -539,7 +539,6 @@ install_data_dirs() {
     owner="$(service_owner)"
     ensure_dir "$DATA_DIR" 0750 "$owner"
     ensure_dir "$CACHE_DIR" 0750 "$owner"
-    ensure_dir "$(dirname "$LOG_FILE")" 0750
     ensure_conf_dir
 }
 
