@@ -342,7 +342,8 @@ install_python_env() {
     if [[ "$PLATFORM" == "pi" || "$PLATFORM" == "jetson" ]]; then sys_site="--system-site-packages"; fi
     if [[ ! -x "$VENV/bin/python" ]]; then
         step "Creating the virtual environment $VENV${sys_site:+ (with system site packages)}"
-        "$PYTHON" -m venv ${sys_site:+"$sys_site"} "$VENV"
+        "$PYTHON" -m venv ${sys_site:+"$sys_site"} "$VENV" \
+            || { rm -rf -- "$VENV"; die "could not create $VENV (on Debian: sudo apt-get install python3-venv)"; }
         CHANGED=1
     fi
     choose_runtime
