@@ -1,0 +1,188 @@
+"""The image -> text projection: training (converters), export, loading and use on the device
+(store encoding, text -> image ranking in search, search by photo), over real stores in temp folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from converters.projection import export, project, recall
+from device.image_projection import ImageProjection, load_image_projection
+from device.modelset import ModelSetError
+from device.search import SHIPPED, Ranking, search, search_by_vector, similar
+from device.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1_700_000_000.0
+WORDS = ["dog", "cat", "beach", "car", "snow", "bike", "red", "child"]
+
+
+class BagOfWordsEmbedder:
+    """A sentence is the normalised sum of one fixed random vector per word (deterministic)."""
+
+    dim = 384
+    model_id = "bag-of-words-test"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            for w in text.lower().split():
+                seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:8], "little")
+                out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
+        return out
+
+
+def _concept_features(rng: np.random.Generator) -> np.ndarray:
+    """One random non-negative 'pooled feature' direction per concept word, [len(WORDS), 1280]."""
+    return (rng.random((len(WORDS), 1280)) ** 4).astype(np.float32)
+
+
+def _exact_projection(feats: np.ndarray, emb: BagOfWordsEmbedder) -> dict[str, np.ndarray]:
+    """A linear map sending each concept's features to the embedding of its word (least squares)."""
+    targets = emb.embed(WORDS)
+    weight = np.linalg.lstsq(feats, targets, rcond=None)[0].astype(np.float32)
+    return {"weight": weight, "bias": np.zeros(emb.dim, np.float32)}
+
+
+@pytest.fixture
+def projection_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    feats = _concept_features(rng)
+    params = _exact_projection(feats, BagOfWordsEmbedder())
+    np.save(tmp_path / "feats.npy", feats)
+    return export(params, np.zeros(384, np.float32), 0.0, tmp_path / "models" / "image-projection",
+                  metrics={}, training={"test": True})
+
+
+def test_export_round_trip_matches_the_converter_maths(projection_dir: Path) -> None:
+    manifest = json.loads((projection_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "image-projection" and manifest["files"] == {"weights": "projection.npz"}
+    assert len(manifest["sha256"]["projection.npz"]) == 64
+    proj = ImageProjection.load(projection_dir)
+    assert (proj.dim_in, proj.dim) == (1280, 384)
+    feats = np.load(projection_dir.parent.parent / "feats.npy")
+    with np.load(projection_dir / "projection.npz") as z:
+        params = {"weight": z["weight"].astype(np.float32), "bias": z["bias"].astype(np.float32)}
+    device_out = proj.project(feats)
+    np.testing.assert_allclose(device_out, project(params, feats), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(device_out, axis=1), 1.0, atol=1e-5)
+    assert load_image_projection(projection_dir.parent) is not None
+    assert load_image_projection(projection_dir.parent / "nowhere") is None
+    assert load_image_projection(None) is None
+
+
+def test_a_corrupt_projection_file_is_refused(projection_dir: Path) -> None:
+    path = projection_dir / "projection.npz"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ModelSetError, match="sha256"):
+        ImageProjection.load(projection_dir)
+
+
+def test_hubness_correction_is_a_query_shift() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((50, 16)).astype(np.float32)
+    refs = rng.standard_normal((200, 16)).astype(np.float32)
+    q = rng.standard_normal(16).astype(np.float32)
+    proj = ImageProjection("t", np.eye(16, dtype=np.float32), np.zeros(16, np.float32), refs.mean(0), 0.7)
+    # v . (q - a m) == v . q - a * mean_j(v . t_j): the per-image mean similarity to the references
+    np.testing.assert_allclose(images @ proj.query_for_images(q),
+                               images @ q - 0.7 * (images @ refs.T).mean(axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_recall_counts_ranks() -> None:
+    images = np.eye(4, dtype=np.float32)
+    queries = np.repeat(images[:, None, :], 5, axis=1)
+    queries[0, 0] = images[1]  # one query of image 0 points at image 1: rank 2
+    r = recall(images, queries)
+    assert r["r1"] == pytest.approx(95.0) and r["r5"] == 100.0 and r["median_rank"] == 1.0
+
+
+def test_store_keeps_projected_vectors_and_text_finds_the_image(tmp_path: Path, projection_dir: Path) -> None:
+    emb = BagOfWordsEmbedder()
+    feats = np.load(projection_dir.parent.parent / "feats.npy")
+    proj = load_image_projection(projection_dir.parent)
+    store = Store(tmp_path / "data", image_projection=proj)
+    try:
+        ids = {}
+        for i, word in enumerate(WORDS):
+            # captions that never name the concept: only the image vector can find it
+            caption = f"a blurry photo number {i}"
+            ids[word] = store.add(Image.new("RGB", (32, 24), "gray"), time=T0 + i, source="cam", caption=caption,
+                                  embedding=emb.embed([caption])[0], image_vector=feats[i])
+        blob = store.connection().execute("SELECT vector FROM image_vectors LIMIT 1").fetchone()[0]
+        assert len(blob) == 384  # <= 1 KB per capture
+        for word in ("dog", "beach", "snow"):
+            res = search(store, word, k=3, embedder=emb)
+            assert res.mode == "hybrid" and res.items[0]["id"] == ids[word], word
+            # without the image ranking, the caption text cannot find it
+            without = search(store, word, k=3, embedder=emb, ranking=Ranking(images=False))
+            assert ids[word] not in [c["id"] for c in without.items]
+        # stop-words only: the image ranking stays out of it
+        assert search(store, "the of a", k=3, embedder=emb).items == []
+        # search by photo and "more like this" work in the projected space too
+        assert search_by_vector(store, feats[2] * 1.1, k=1)[0]["id"] == ids["beach"]
+        assert similar(store, ids["car"], k=2)[0]["id"] != ids["car"]
+    finally:
+        store.close()
+
+
+def test_without_projection_vectors_stay_random_projection_and_ranking_is_rrf(tmp_path: Path) -> None:
+    emb = BagOfWordsEmbedder()
+    store = Store(tmp_path / "data")
+    try:
+        rng = np.random.default_rng(1)
+        store.add(Image.new("RGB", (8, 8)), time=T0, source="cam", caption="a dog on grass",
+                  embedding=emb.embed(["a dog on grass"])[0], image_vector=rng.random(1280))
+        blob = store.connection().execute("SELECT vector FROM image_vectors").fetchone()[0]
+        assert len(blob) == 512
+        res = search(store, "dog", k=3, embedder=emb, ranking=SHIPPED)
+        assert res.mode == "hybrid" and [c["caption"] for c in res.items] == ["a dog on grass"]
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_training_learns_a_map_that_generalises() -> None:
+    """InfoNCE training on synthetic data: text vectors are a hidden linear function of the features."""
+    pytest.importorskip("tensorflow")
+    from converters.projection import train
+
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((64, 32)).astype(np.float32)
+    x = rng.random((600, 64)).astype(np.float32)
+    t = (x @ hidden)[:, None, :] + 0.3 * rng.standard_normal((600, 5, 32)).astype(np.float32)
+    t /= np.linalg.norm(t, axis=2, keepdims=True)
+    params = train(x[:500], t[:500], epochs=30, batch=100, lr=1e-2, noise=0.0)
+    r = recall(project(params, x[500:]), t[500:])
+    assert r["r1"] > 20 and r["r10"] > 70  # chance: 1 % and 10 %
+
+
+@pytest.mark.skipif(not (ROOT / "models" / "image-projection" / "manifest.json").is_file()
+                    or not (ROOT / "models" / "captioner-int8" / "manifest.json").is_file()
+                    or not (ROOT / "models" / "minilm-int8" / "manifest.json").is_file(),
+                    reason="needs models/image-projection, captioner-int8 and minilm-int8")
+def test_shipped_projection_finds_real_photos_by_text(tmp_path: Path) -> None:
+    """The committed projection on the int8 encoder's features: typed words find the right sample."""
+    from device.captioner import Captioner
+    from device.embedder import load_embedder
+    from device.preprocess import load_image
+
+    proj = load_image_projection(ROOT / "models")
+    cap = Captioner.load(ROOT / "models" / "captioner-int8", num_threads=1)
+    emb = load_embedder(ROOT / "models", "minilm-int8", num_threads=1)
+    names = ["dog_and_cats", "rocket_launch", "coffee_cup", "fox_in_snow", "boy_red_cap", "cat_in_box"]
+    vecs = np.stack([proj.project(cap.encode(load_image(ROOT / "device" / "samples" / f"{n}.jpg"))[0].mean(0))
+                     for n in names])
+    queries = {"a rocket launching into the sky": "rocket_launch", "a cup of coffee": "coffee_cup",
+               "a fox in the snow": "fox_in_snow", "a boy in a red cap": "boy_red_cap"}
+    hits = 0
+    for q, want in queries.items():
+        scores = vecs @ proj.query_for_images(emb.embed([q])[0])
+        hits += names[int(np.argmax(scores))] == want
+    assert hits >= 3, hits  # chance: 4/6 of a hit
