@@ -2,7 +2,11 @@
 
 It maps the captioner's pooled image features (float32 [1280]) into the text embedder's space
 (MiniLM, 384-d, unit length), so a typed query is compared with the stored image vectors directly.
-Trained by ``converters/projection.py``; see there for the hubness correction ``query_for_images``.
+Trained by ``converters/projection.py``.
+
+Hubness: some images come close to every query. ``hubness(v)`` is an image vector's mean cosine to
+its ``k`` nearest reference captions (CSLS); the store keeps it per capture and text -> image
+ranking subtracts ``hub_weight`` times it.
 """
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ class ImageProjection:
     model_id: str
     weight: np.ndarray  # float32 [d_in, d_out]
     bias: np.ndarray  # float32 [d_out]
-    ref_mean: np.ndarray  # float32 [d_out]: mean embedding of the reference captions
+    refs: np.ndarray  # float32 [n_refs, d_out]: reference caption embeddings (unit)
     hub_weight: float
+    hub_k: int = 10
 
     @property
     def dim_in(self) -> int:
@@ -42,15 +47,16 @@ class ImageProjection:
             raise ModelSetError(f"{set_dir}: kind is {ms.manifest.get('kind')!r}, not an image-projection")
         try:
             with np.load(ms.path("weights")) as z:
-                weight = z["weight"].astype(np.float32)
+                # int8 weights with one scale per output column (quarter the size of float32)
+                weight = z["weight"].astype(np.float32) * z["weight_scale"].astype(np.float32)
                 bias = z["bias"].astype(np.float32)
-                ref_mean = z["ref_mean"].astype(np.float32)
+                refs = z["refs"].astype(np.float32) / 127.0
         except (OSError, KeyError, ValueError) as e:
             raise ModelSetError(f"{ms.path('weights')}: not a projection file ({e})") from e
-        if weight.ndim != 2 or bias.shape != (weight.shape[1],) or ref_mean.shape != bias.shape:
+        if weight.ndim != 2 or bias.shape != (weight.shape[1],) or refs.ndim != 2 or refs.shape[1] != bias.size:
             raise ModelSetError(f"{ms.path('weights')}: inconsistent shapes {weight.shape}, {bias.shape}")
-        hub = float(ms.manifest.get("hubness", {}).get("weight", 0.0))
-        return cls(ms.name, weight, bias, ref_mean, hub)
+        hub = ms.manifest.get("hubness", {})
+        return cls(ms.name, weight, bias, refs, float(hub.get("weight", 0.0)), int(hub.get("k", 10)))
 
     def project(self, features: np.ndarray) -> np.ndarray:
         """Pooled features [d_in] (or [n, d_in]) -> unit vectors [d_out] (or [n, d_out])."""
@@ -59,9 +65,13 @@ class ImageProjection:
         norm = np.linalg.norm(y, axis=-1, keepdims=True)
         return y / np.maximum(norm, 1e-12)
 
-    def query_for_images(self, query: np.ndarray) -> np.ndarray:
-        """A text query vector, hubness-corrected for ranking image vectors (see the converter)."""
-        return np.asarray(query, np.float32) - self.hub_weight * self.ref_mean
+    def hubness(self, vectors: np.ndarray) -> np.ndarray | float:
+        """Mean cosine of unit image vector(s) [d_out] / [n, d_out] to their k nearest references."""
+        v = np.asarray(vectors, np.float32)
+        sims = np.atleast_2d(v) @ self.refs.T
+        k = max(1, min(self.hub_k, sims.shape[1]))
+        out = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+        return float(out[0]) if v.ndim == 1 else out
 
 
 def load_image_projection(models_dir: str | Path | None, name: str = DEFAULT_SET) -> ImageProjection | None:

@@ -24,6 +24,7 @@ chosen on Flickr8k dev by ``python -m converters.retrieval`` (docs/retrieval.md)
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Ranking:
     caption_weight: float = 0.3
     keyword_weight: float = 0.3
     image_floor: float = 0.05  # raw cosine (query, image) below which an image alone does not match
+    hub_weight: float | None = None  # hubness correction of image scores; None: the projection's
 
 
 SHIPPED = Ranking()
@@ -88,6 +90,7 @@ class _Snapshot:
     src: np.ndarray  # int32 [n], codes into source_codes
     vecs: np.ndarray  # int8 [n, dim]
     inv_norms: np.ndarray  # float32 [n]: 1 / |vec| (int8 rounding moves norms off 127)
+    bias: np.ndarray  # float32 [n]: the per-row hubness of image vectors (0 for caption embeddings)
     valid: np.ndarray  # bool [n] (shared: deletions clear entries in place)
     codes: np.ndarray | None  # uint64 [words, n] sign bits of (vec - center), or None when small
     center: np.ndarray  # float32 [dim], in int8 units
@@ -115,8 +118,9 @@ class _VectorIndex:
     the snapshot's end and growth allocates new arrays, so a search never sees a half-written row.
     """
 
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: str, bias_column: str | None = None) -> None:
         self.table = table
+        self.bias_column = bias_column  # a REAL column loaded alongside the vector, or None
         self.lock = threading.Lock()
         self.loaded = False
         self.last_id = 0
@@ -131,6 +135,7 @@ class _VectorIndex:
         self.src = np.zeros(0, np.int32)
         self.vecs = np.zeros((0, dim), np.int8)
         self.inv_norms = np.zeros(0, np.float32)
+        self.bias = np.zeros(0, np.float32)
         self.valid = np.zeros(0, bool)
         self.codes: np.ndarray | None = None
         self.center = np.zeros(dim, np.float32)
@@ -143,7 +148,7 @@ class _VectorIndex:
             n = self.n
             return _Snapshot(
                 ids=self.ids[:n], times=self.times[:n], src=self.src[:n], vecs=self.vecs[:n],
-                inv_norms=self.inv_norms[:n],
+                inv_norms=self.inv_norms[:n], bias=self.bias[:n],
                 valid=self.valid[:n], codes=None if self.codes is None else self.codes[:, :n],
                 center=self.center, source_codes=dict(self.source_codes),
             )
@@ -193,15 +198,19 @@ class _VectorIndex:
         self._reset(dim)
         if not dim:
             return
-        id_parts, vec_parts = [], []
-        cur = conn.execute(f"SELECT capture_id, vector FROM {self.table} WHERE length(vector) = ?", (dim,))
+        id_parts, vec_parts, bias_parts = [], [], []
+        cur = conn.execute(
+            f"SELECT capture_id, vector, {self.bias_column or 0} FROM {self.table} WHERE length(vector) = ?", (dim,)
+        )
         while rows := cur.fetchmany(20_000):
             id_parts.append(np.fromiter((r[0] for r in rows), np.int64, len(rows)))
             vec_parts.append(np.frombuffer(b"".join(r[1] for r in rows), np.int8).reshape(len(rows), dim))
+            bias_parts.append(np.fromiter((r[2] or 0.0 for r in rows), np.float32, len(rows)))
         if not id_parts:
             return
         ids = np.concatenate(id_parts)
         vecs = np.concatenate(vec_parts)
+        bias = np.concatenate(bias_parts)
         meta_ids, meta_times, meta_src = [], [], []
         cur = conn.execute("SELECT id, time, source FROM captures INDEXED BY captures_source_time")
         while rows := cur.fetchmany(50_000):
@@ -215,7 +224,8 @@ class _VectorIndex:
         keep = (pos < m_ids.size) & (m_ids[np.minimum(pos, m_ids.size - 1)] == ids)  # orphan vectors
         pos = pos[keep]
         self._append(
-            ids[keep], np.concatenate(meta_times)[order][pos], np.concatenate(meta_src)[order][pos], vecs[keep]
+            ids[keep], np.concatenate(meta_times)[order][pos], np.concatenate(meta_src)[order][pos], vecs[keep],
+            bias[keep],
         )
         log.info("search: loaded %d vectors from %s", self.n, self.table)
 
@@ -227,7 +237,8 @@ class _VectorIndex:
 
     def _append_rows(self, conn: Any, where: str, args: list[Any]) -> None:
         rows = conn.execute(
-            f"""SELECT v.capture_id, c.time, c.source, v.vector FROM {self.table} v
+            f"""SELECT v.capture_id, c.time, c.source, v.vector, {"v." + self.bias_column if self.bias_column else 0}
+                FROM {self.table} v
                 JOIN captures c ON c.id = v.capture_id WHERE {where} ORDER BY v.capture_id""",
             args,
         ).fetchall()
@@ -243,9 +254,12 @@ class _VectorIndex:
             np.asarray([r[1] for r in rows], np.float64),
             np.asarray([self._source_code(r[2]) for r in rows], np.int32),
             np.frombuffer(b"".join(r[3] for r in rows), np.int8).reshape(len(rows), self.dim),
+            np.asarray([r[4] or 0.0 for r in rows], np.float32),
         )
 
-    def _append(self, ids: np.ndarray, times: np.ndarray, src: np.ndarray, vecs: np.ndarray) -> None:
+    def _append(
+        self, ids: np.ndarray, times: np.ndarray, src: np.ndarray, vecs: np.ndarray, bias: np.ndarray
+    ) -> None:
         m = ids.size
         if self.n + m > self.ids.size:
             # Grow into new arrays (snapshots keep the old ones) and recompute the sign-bit codes
@@ -258,6 +272,8 @@ class _VectorIndex:
             self.valid = _grow(self.valid, cap)
             self.vecs = _grow(self.vecs, cap)
             self.inv_norms = _grow(self.inv_norms, cap)
+            self.bias = _grow(self.bias, cap)
+            self.bias[n : n + m] = bias
             self.ids[n : n + m], self.times[n : n + m], self.src[n : n + m] = ids, times, src
             self.vecs[n : n + m], self.valid[n : n + m] = vecs, True
             self.inv_norms[n : n + m] = _inv_norms(vecs)
@@ -268,6 +284,7 @@ class _VectorIndex:
         self.ids[n : n + m], self.times[n : n + m], self.src[n : n + m] = ids, times, src
         self.vecs[n : n + m], self.valid[n : n + m] = vecs, True
         self.inv_norms[n : n + m] = _inv_norms(vecs)
+        self.bias[n : n + m] = bias
         if self.codes is not None:
             self.codes[:, n : n + m] = _sign_codes(vecs, self.center)
         self.n = n + m
@@ -295,10 +312,11 @@ class _VectorIndex:
         keep = self.valid[: self.n]
         ids, times, src, vecs = self.ids[: self.n][keep], self.times[: self.n][keep], self.src[: self.n][keep], \
             self.vecs[: self.n][keep]
+        bias = self.bias[: self.n][keep]
         codes = self.source_codes
         self._reset(self.dim)
         self.source_codes = codes
-        self._append(ids.copy(), times.copy(), src.copy(), vecs.copy())
+        self._append(ids.copy(), times.copy(), src.copy(), vecs.copy(), bias.copy())
 
 
 def _grow(arr: np.ndarray, cap: int) -> np.ndarray:
@@ -346,9 +364,11 @@ def _nearest(
 
 
 def _nearest_rows(
-    snap: _Snapshot, query: np.ndarray, mask: np.ndarray, limit: int, min_sim: float
+    snap: _Snapshot, query: np.ndarray, mask: np.ndarray, limit: int, min_sim: float, bias_weight: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(row positions, cosines) of the ``limit`` nearest valid rows under ``mask``, best first."""
+    """(row positions, scores) of the ``limit`` best valid rows under ``mask``, best first.
+
+    score = cosine - bias_weight * the row's bias (the hubness correction of image vectors)."""
     cand = np.flatnonzero(mask)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     if cand.size == 0 or limit <= 0:
@@ -369,6 +389,8 @@ def _nearest_rows(
     # einsum, not @: a matrix-vector product this small is faster single-threaded, and OpenBLAS's
     # thread pool, woken per call from several server threads on a busy 2-core Pi, costs 10+ ms.
     sims = np.einsum("ij,j->i", snap.vecs[cand].astype(np.float32), q) * snap.inv_norms[cand]
+    if bias_weight:
+        sims = sims - bias_weight * snap.bias[cand]
     good = sims >= min_sim
     cand, sims = cand[good], sims[good]
     if cand.size > limit:
@@ -413,7 +435,7 @@ class _Vocabulary:
 class _Caches:
     def __init__(self) -> None:
         self.embeddings = _VectorIndex("embeddings")
-        self.images = _VectorIndex("image_vectors")
+        self.images = _VectorIndex("image_vectors", bias_column="hub")
         self.vocab = _Vocabulary()
 
 
@@ -566,7 +588,7 @@ def search(
             # Images only for queries with content words: "the" is about nothing, and every image
             # has *some* similarity to it.
             if rk.images and words:
-                images = _image_hits(store, caches, qvec, limit, source, since, until, rk.image_floor)
+                images = _image_hits(store, caches, qvec, limit, source, since, until, rk)
             if rk.captions:
                 snap = caches.embeddings.snapshot(store)
                 floor = MIN_SIMILARITY if words else MIN_SIMILARITY_NO_WORDS
@@ -596,7 +618,7 @@ def search(
 
 def _image_hits(
     store: Store, caches: _Caches, qvec: np.ndarray, limit: int, source: str | None, since: float | None,
-    until: float | None, floor: float,
+    until: float | None, rk: Ranking,
 ) -> list[tuple[int, float, float]] | None:
     """(id, hubness-corrected score, time) of the images nearest the query, or None when the store
     has no projection or its image vectors are not in the text space (e.g. the random projection)."""
@@ -607,7 +629,10 @@ def _image_hits(
     if snap.vecs.shape[0] == 0 or snap.vecs.shape[1] != proj.dim:
         return None
     q = qvec / max(float(np.linalg.norm(qvec)), 1e-12)
-    rows, sims = _nearest_rows(snap, proj.query_for_images(q), snap.filter_mask(source, since, until), limit, -1.0)
+    hub = proj.hub_weight if rk.hub_weight is None else rk.hub_weight
+    mask = snap.filter_mask(source, since, until)
+    rows, sims = _nearest_rows(snap, q, mask, limit, -math.inf, bias_weight=hub)
+    floor = rk.image_floor
     if floor > -1.0 and rows.size:
         # The floor is on the plain cosine (the corrected score has no fixed scale): an image nowhere
         # near the query is not returned on its own. Cheap: only the candidates are rescored.

@@ -15,7 +15,7 @@ Tables (plain SQL types, JSON as TEXT, so the sqlite3 CLI and Datasette read the
 - ``captures``: one row per capture. ``alt_text`` holds the other beams' text, indexed in FTS with a
   lower weight than the caption.
 - ``captures_fts`` (FTS5, external content, kept in sync by triggers) and ``captures_fts_vocab``.
-- ``embeddings(capture_id, vector)`` and ``image_vectors(capture_id, vector)``: int8 vectors. They
+- ``embeddings(capture_id, vector)`` and ``image_vectors(capture_id, vector, hub)``: int8 vectors. They
   live outside ``captures`` so that loading them into the search cache reads ~400 bytes per capture
   instead of the whole row (attention maps, beams); a trigger deletes them with their capture.
 - ``capture_changes``: an append-only log of capture ids whose vectors changed or were deleted, so
@@ -220,7 +220,13 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # The hubness of each projected image vector (see device/image_projection.py): how close it comes
+    # to every text anyway. Text -> image ranking subtracts it; 0 for vectors without a projection.
+    db.execute("ALTER TABLE image_vectors ADD COLUMN hub REAL NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -458,9 +464,11 @@ class Store:
             att = np.asarray(attention, dtype=np.float32)
             att_blob = att.reshape(-1, 7, 7).astype(np.float16).tobytes()
         emb_blob = encode_embedding(embedding) if embedding is not None else None
-        img_blob = (
-            encode_image_vector(image_vector, self.image_projection) if image_vector is not None else None
-        )
+        img_blob, img_hub = None, 0.0
+        if image_vector is not None:
+            img_blob = encode_image_vector(image_vector, self.image_projection)
+            if self.image_projection is not None and len(img_blob) == self.image_projection.dim:
+                img_hub = float(self.image_projection.hubness(decode_embedding(img_blob)))
 
         day = _day_dir(t)
         stamp = datetime.fromtimestamp(t // 1, tz=UTC).strftime("%Y%m%dT%H%M%S")
@@ -498,7 +506,8 @@ class Store:
                         conn.execute("INSERT INTO embeddings (capture_id, vector) VALUES (?, ?)", (cid, emb_blob))
                     if img_blob is not None:
                         conn.execute(
-                            "INSERT INTO image_vectors (capture_id, vector) VALUES (?, ?)", (cid, img_blob)
+                            "INSERT INTO image_vectors (capture_id, vector, hub) VALUES (?, ?, ?)",
+                            (cid, img_blob, img_hub),
                         )
                     conn.execute("COMMIT")
                     committed = True

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from converters.projection import export, project, recall
+from converters.projection import dequantize, export, hubness, project, quantize, recall
 from device.image_projection import ImageProjection, load_image_projection
 from device.modelset import ModelSetError
 from device.search import SHIPPED, Ranking, search, search_by_vector, similar
@@ -56,8 +56,8 @@ def projection_dir(tmp_path: Path) -> Path:
     feats = _concept_features(rng)
     params = _exact_projection(feats, BagOfWordsEmbedder())
     np.save(tmp_path / "feats.npy", feats)
-    return export(params, np.zeros(384, np.float32), 0.0, tmp_path / "models" / "image-projection",
-                  metrics={}, training={"test": True})
+    refs = BagOfWordsEmbedder().embed(["a photo", "a blurry photo", "something"])
+    return export(params, refs, 0.0, 2, tmp_path / "models" / "image-projection", metrics={}, training={"test": True})
 
 
 def test_export_round_trip_matches_the_converter_maths(projection_dir: Path) -> None:
@@ -68,7 +68,8 @@ def test_export_round_trip_matches_the_converter_maths(projection_dir: Path) -> 
     assert (proj.dim_in, proj.dim) == (1280, 384)
     feats = np.load(projection_dir.parent.parent / "feats.npy")
     with np.load(projection_dir / "projection.npz") as z:
-        params = {"weight": z["weight"].astype(np.float32), "bias": z["bias"].astype(np.float32)}
+        params = dequantize({name: z[name] for name in ("weight", "weight_scale", "bias")})
+        assert z["weight"].dtype == np.int8 and z["refs"].dtype == np.int8
     device_out = proj.project(feats)
     np.testing.assert_allclose(device_out, project(params, feats), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(device_out, axis=1), 1.0, atol=1e-5)
@@ -84,15 +85,23 @@ def test_a_corrupt_projection_file_is_refused(projection_dir: Path) -> None:
         ImageProjection.load(projection_dir)
 
 
-def test_hubness_correction_is_a_query_shift() -> None:
+def test_hubness_is_the_mean_of_the_k_nearest_reference_similarities() -> None:
     rng = np.random.default_rng(0)
     images = rng.standard_normal((50, 16)).astype(np.float32)
     refs = rng.standard_normal((200, 16)).astype(np.float32)
-    q = rng.standard_normal(16).astype(np.float32)
-    proj = ImageProjection("t", np.eye(16, dtype=np.float32), np.zeros(16, np.float32), refs.mean(0), 0.7)
-    # v . (q - a m) == v . q - a * mean_j(v . t_j): the per-image mean similarity to the references
-    np.testing.assert_allclose(images @ proj.query_for_images(q),
-                               images @ q - 0.7 * (images @ refs.T).mean(axis=1), rtol=1e-4, atol=1e-4)
+    proj = ImageProjection("t", np.eye(16, dtype=np.float32), np.zeros(16, np.float32), refs, 0.5, hub_k=7)
+    expect = np.sort(images @ refs.T, axis=1)[:, -7:].mean(axis=1)
+    np.testing.assert_allclose(proj.hubness(images), expect, rtol=1e-5)
+    np.testing.assert_allclose(hubness(images, refs, 7), expect, rtol=1e-5)  # converter == device
+    assert proj.hubness(images[3]) == pytest.approx(float(expect[3]), rel=1e-5)
+
+
+def test_int8_weights_keep_the_projection() -> None:
+    rng = np.random.default_rng(2)
+    params = {"weight": rng.standard_normal((1280, 384)).astype(np.float32), "bias": np.ones(384, np.float32)}
+    x = rng.random((20, 1280)).astype(np.float32)
+    cos = (project(params, x) * project(dequantize(quantize(params)), x)).sum(axis=1)
+    assert cos.min() > 0.999
 
 
 def test_recall_counts_ranks() -> None:
@@ -115,8 +124,9 @@ def test_store_keeps_projected_vectors_and_text_finds_the_image(tmp_path: Path, 
             caption = f"a blurry photo number {i}"
             ids[word] = store.add(Image.new("RGB", (32, 24), "gray"), time=T0 + i, source="cam", caption=caption,
                                   embedding=emb.embed([caption])[0], image_vector=feats[i])
-        blob = store.connection().execute("SELECT vector FROM image_vectors LIMIT 1").fetchone()[0]
+        blob, hub = store.connection().execute("SELECT vector, hub FROM image_vectors LIMIT 1").fetchone()
         assert len(blob) == 384  # <= 1 KB per capture
+        assert hub == pytest.approx(proj.hubness(np.frombuffer(blob, np.int8) / 127.0), abs=1e-6) and hub != 0
         for word in ("dog", "beach", "snow"):
             res = search(store, word, k=3, embedder=emb)
             assert res.mode == "hybrid" and res.items[0]["id"] == ids[word], word
@@ -139,8 +149,8 @@ def test_without_projection_vectors_stay_random_projection_and_ranking_is_rrf(tm
         rng = np.random.default_rng(1)
         store.add(Image.new("RGB", (8, 8)), time=T0, source="cam", caption="a dog on grass",
                   embedding=emb.embed(["a dog on grass"])[0], image_vector=rng.random(1280))
-        blob = store.connection().execute("SELECT vector FROM image_vectors").fetchone()[0]
-        assert len(blob) == 512
+        blob, hub = store.connection().execute("SELECT vector, hub FROM image_vectors").fetchone()
+        assert len(blob) == 512 and hub == 0
         res = search(store, "dog", k=3, embedder=emb, ranking=SHIPPED)
         assert res.mode == "hybrid" and [c["caption"] for c in res.items] == ["a dog on grass"]
     finally:
@@ -183,6 +193,6 @@ def test_shipped_projection_finds_real_photos_by_text(tmp_path: Path) -> None:
                "a fox in the snow": "fox_in_snow", "a boy in a red cap": "boy_red_cap"}
     hits = 0
     for q, want in queries.items():
-        scores = vecs @ proj.query_for_images(emb.embed([q])[0])
+        scores = vecs @ emb.embed([q])[0] - proj.hub_weight * proj.hubness(vecs)
         hits += names[int(np.argmax(scores))] == want
     assert hits >= 3, hits  # chance: 4/6 of a hit
