@@ -11,6 +11,12 @@ waitress on 127.0.0.1, then
    prints p50/p95/p99;
 2. runs --clients concurrent clients for --duration seconds and prints throughput, errors and p99.
 
+With models/image-projection present (and without --no-image-vectors), every row also gets a
+384-byte image vector plus its hubness (like a capture stored through the projection: here the
+caption's vector plus noise) and the store opens with the projection, so each text query also runs
+the text -> image ranking and the score fusion. The bytes the image vectors add per capture are
+measured (SQLite dbstat) and saved.
+
 The query embedding comes from the same synthetic embedder; the MiniLM time per query (if the model
 set is present) is measured separately and printed, since it adds to each hybrid query.
 Results go to bench/results/search.json (one entry per size, merged with earlier runs).
@@ -105,7 +111,7 @@ class SyntheticEmbedder:
         return out
 
 
-def fill(store: Store, n: int, *, seed: int = 0, batch: int = 20_000) -> float:
+def fill(store: Store, n: int, *, seed: int = 0, batch: int = 20_000, image_vectors: bool = False) -> float:
     """Bulk-insert n synthetic rows (one transaction per batch). Returns seconds taken."""
     from PIL import Image
 
@@ -136,6 +142,15 @@ def fill(store: Store, n: int, *, seed: int = 0, batch: int = 20_000) -> float:
             "INSERT INTO embeddings (capture_id, vector) VALUES (?, ?)",
             ((first + i, encode_embedding(v)) for i, v in enumerate(vecs)),
         )
+        if image_vectors:
+            rng = np.random.default_rng(seed + done + 1)
+            img = vecs + 0.8 * rng.standard_normal(vecs.shape).astype(np.float32) / np.sqrt(vecs.shape[1])
+            img /= np.linalg.norm(img, axis=1, keepdims=True)
+            hub = rng.uniform(0.2, 0.5, m)
+            conn.executemany(
+                "INSERT INTO image_vectors (capture_id, vector, hub) VALUES (?, ?, ?)",
+                ((first + i, encode_embedding(v), float(h)) for i, (v, h) in enumerate(zip(img, hub))),
+            )
         conn.execute("COMMIT")
         done += m
         log.info("filled %d / %d", done, n)
@@ -276,12 +291,19 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     data = base / f"store-{n}"
     if data.exists() and not args.reuse:
         shutil.rmtree(data)
-    store = Store(data)
+    projection = None
+    if not args.no_image_vectors:
+        from device.image_projection import load_image_projection
+
+        projection = load_image_projection(ROOT / "models")
+    store = Store(data, image_projection=projection)
     fill_s = None
     if store.count() != n:
         if store.count():
             raise SystemExit(f"{data} holds {store.count()} captures, not {n}; remove it or drop --reuse")
-        fill_s = round(fill(store, n), 1)
+        fill_s = round(fill(store, n, image_vectors=projection is not None), 1)
+    image_bytes = store.connection().execute(
+        "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = 'image_vectors'").fetchone()[0]
     embedder = SyntheticEmbedder()
     t0 = time.perf_counter()
     search_mod.warm(store)
@@ -306,6 +328,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(base, ignore_errors=True)
     return {
         "captures": n, "fill_s": fill_s, "cache_load_s": warm_s,
+        "image_vectors": projection is not None,
+        "image_vector_bytes_per_capture": round(image_bytes / max(1, n), 1),
         "http_sequential": seq, "http_concurrent": conc, "direct_search_ms": _percentiles(direct),
     }
 
@@ -320,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="reuse a filled store of the same size in --data-dir")
     p.add_argument("--keep", action="store_true", help="do not remove the temp folder")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--no-image-vectors", action="store_true",
+                   help="captions only (no text -> image ranking), as before models/image-projection")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("waitress").setLevel(logging.ERROR)  # "Task queue depth" under 50 clients is expected
@@ -332,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>9} captures  HTTP p50 {s['p50']:7.2f} ms  p95 {s['p95']:7.2f} ms  p99 {s['p99']:7.2f} ms  "
               f"errors {r['http_sequential']['errors']}  |  {c['clients']} clients: {c['rps']} req/s, "
               f"p99 {c['latency_ms']['p99']:.1f} ms, errors {c['errors']}  |  direct p95 "
-              f"{r['direct_search_ms']['p95']:.2f} ms  (fill {r['fill_s']} s, cache load {r['cache_load_s']} s)")
+              f"{r['direct_search_ms']['p95']:.2f} ms  (fill {r['fill_s']} s, cache load {r['cache_load_s']} s, "
+              f"image vectors {r['image_vector_bytes_per_capture']} B/capture)")
     embed = minilm_ms()
     if embed:
         print(f"MiniLM query embedding (adds to each hybrid query): p50 {embed['p50']} ms, p95 {embed['p95']} ms")

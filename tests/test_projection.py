@@ -196,3 +196,31 @@ def test_shipped_projection_finds_real_photos_by_text(tmp_path: Path) -> None:
         scores = vecs @ emb.embed([q])[0] - proj.hub_weight * proj.hubness(vecs)
         hits += names[int(np.argmax(scores))] == want
     assert hits >= 3, hits  # chance: 4/6 of a hit
+
+
+def test_hubness_changes_the_image_ranking_after_reload_too(tmp_path: Path) -> None:
+    """Two images about the query; the one close to every reference caption (a hub) loses when the
+    correction is on, through the incremental cache and after a fresh load of the store."""
+    emb = BagOfWordsEmbedder()
+    q = emb.embed(["dog"])[0]
+    generic = emb.embed(["photo"])[0]
+    hub_dir = _unit(0.8 * q + 0.6 * generic)  # cos(q) 0.8, close to the references
+    plain_dir = _unit(0.75 * q + 0.66 * emb.embed(["zebra"])[0])  # cos(q) ~0.75, far from them
+    feats = np.random.default_rng(5).random((2, 1280)).astype(np.float32)
+    weight = np.linalg.lstsq(feats, np.stack([hub_dir, plain_dir]), rcond=None)[0].astype(np.float32)
+    refs = emb.embed(["photo", "a photo", "photo photo"])
+    proj = ImageProjection("t", weight, np.zeros(384, np.float32), refs, hub_weight=0.5, hub_k=2)
+    assert proj.hubness(hub_dir) > proj.hubness(plain_dir) + 0.3
+    data = tmp_path / "data"
+    with Store(data, image_projection=proj) as store:
+        ids = [store.add(Image.new("RGB", (8, 8)), time=T0 + i, source="cam", caption=f"capture {i}",
+                         image_vector=feats[i]) for i in range(2)]
+        plain = Ranking(captions=False, keyword=False, hub_weight=0.0)
+        assert [c["id"] for c in search(store, "dog", k=2, embedder=emb, ranking=plain).items] == ids
+        assert [c["id"] for c in search(store, "dog", k=2, embedder=emb).items] == ids[::-1]
+    with Store(data, image_projection=proj) as store:  # new process: the cache loads from SQLite
+        assert [c["id"] for c in search(store, "dog", k=2, embedder=emb).items] == ids[::-1]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
