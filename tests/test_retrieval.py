@@ -117,7 +117,7 @@ def test_benchmark_end_to_end_through_edgecap_ingest(tmp_path: Path, capsys) -> 
     report_file = tmp_path / "retrieval.json"
     store_dir = tmp_path / "store"
     assert main(["--data", str(data), "--models", str(ROOT / "models"), "--store", str(store_dir),
-                 "--report", str(report_file), "--k", "20"]) == 0
+                 "--report", str(report_file), "--k", "20", "--beam-embeddings"]) == 0
     report = json.loads(report_file.read_text())
     assert report["images"] == 6 and report["split"] == "test"
     with Store(store_dir) as store:  # the device path stored everything a capture has
@@ -128,6 +128,7 @@ def test_benchmark_end_to_end_through_edgecap_ingest(tmp_path: Path, capsys) -> 
         assert store.connection().execute("SELECT count(*) FROM image_vectors").fetchone()[0] == 6
     names = list(report["variants"])
     assert any(n.startswith("keyword only") for n in names) and any(n.startswith("caption embedding") for n in names)
+    assert "caption embedding only, mean of top beams" in names
     for r in report["variants"].values():
         for kind in ("full", "short"):
             assert r[kind]["queries"] == 30
