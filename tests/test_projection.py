@@ -224,3 +224,24 @@ def test_hubness_changes_the_image_ranking_after_reload_too(tmp_path: Path) -> N
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def test_fused_ranking_one_word_newest_first_misspelling_and_stop_words(tmp_path: Path, projection_dir: Path) -> None:
+    emb = BagOfWordsEmbedder()
+    feats = np.load(projection_dir.parent.parent / "feats.npy")
+    proj = load_image_projection(projection_dir.parent)
+    with Store(tmp_path / "data", image_projection=proj) as store:
+        def add(caption: str, concept: str, t: float) -> int:
+            return store.add(Image.new("RGB", (8, 8)), time=t, source="cam", caption=caption,
+                             embedding=emb.embed([caption])[0], image_vector=feats[WORDS.index(concept)])
+
+        dogs = [add("a dog on the grass", "dog", T0 + t) for t in (0, 5, 2)]
+        others = [add(f"a {w} in the street", w, T0 + 10 + i) for i, w in enumerate(["car", "bike", "child"])]
+        res = search(store, "dog", k=10, embedder=emb)
+        assert res.mode == "hybrid"
+        got = [c["id"] for c in res.items]
+        assert got[:3] == [dogs[1], dogs[2], dogs[0]]  # equal captions and images: newest first
+        typo = search(store, "dgo", k=3, embedder=emb)
+        assert typo.corrections == {"dgo": "dog"} and [c["id"] for c in typo.items] == got[:3]
+        assert search(store, "the of", k=10, embedder=emb).items == []
+        assert {c["id"] for c in search(store, "bike", k=1, embedder=emb).items} == {others[1]}
