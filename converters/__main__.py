@@ -20,7 +20,7 @@ def _features(args) -> None:
 def _train(args) -> None:
     from converters.train import TrainConfig, train
     cfg = TrainConfig(epochs=args.epochs)
-    for option in ("images_per_batch", "min_count", "max_len"):
+    for option in ("images_per_batch", "min_count", "max_len", "learning_rate", "lr_decay"):
         if getattr(args, option):
             setattr(cfg, option, getattr(args, option))
     train(args.data, args.work, cfg, resume=args.resume)
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--images-per-batch", type=int, default=0, help="default: TrainConfig's")
         p.add_argument("--min-count", type=int, default=0, help="rarer words become <unk>")
         p.add_argument("--max-len", type=int, default=0, help="words per caption")
+        p.add_argument("--learning-rate", type=float, default=0.0, help="epoch 1's Adam learning rate")
+        p.add_argument("--lr-decay", type=float, default=0.0, help="learning-rate factor per epoch")
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     training_options(command("train", _train, "train the decoder on the cached features"))
