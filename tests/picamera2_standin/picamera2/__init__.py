@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+
 # Test hooks: not part of picamera2.
 def _env_int(name: str, default: int | None) -> int | None:
     value = os.environ.get(name)
