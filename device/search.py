@@ -15,8 +15,8 @@ e.g. captions of equal length for a one-word query) are broken newest first.
 
 With the trained image projection (models/image-projection, see device/image_projection.py) the
 stored image vectors live in the text embedder's space and a third ranking joins: the query against
-the images themselves (hubness-corrected). Then the rankings are fused by weighted *scores* (each
-list's cosines z-normalised over its candidates, BM25 relative to the best match), because the image
+the images themselves (hubness-corrected). Then the rankings are fused by weighted *scores* (image
+score + weighted caption cosine + weighted BM25 relative to the best match), because the image
 similarity is the strongest signal and rank fusion would throw its margins away. Weights were
 chosen on Flickr8k dev by ``python -m converters.retrieval`` (docs/retrieval.md).
 """
@@ -61,7 +61,10 @@ class Ranking:
     image_weight: float = 1.0
     caption_weight: float = 0.3
     keyword_weight: float = 0.3
-    image_floor: float = 0.05  # raw cosine (query, image) below which an image alone does not match
+    # A capture is returned only when its caption matches a keyword, its caption embedding is at least
+    # MIN_SIMILARITY from the query, or its image vector at least image_floor (plain cosine): image
+    # scores rank, but a nonsense word must not list the whole store.
+    image_floor: float = 0.15
     hub_weight: float | None = None  # hubness correction of image scores; None: the projection's
 
 
@@ -592,6 +595,8 @@ def search(
             if rk.captions:
                 snap = caches.embeddings.snapshot(store)
                 floor = MIN_SIMILARITY if words else MIN_SIMILARITY_NO_WORDS
+                if images is not None:
+                    floor = -math.inf  # score fusion needs the caption score of the image candidates too
                 semantic = _nearest(snap, qvec, snap.filter_mask(source, since, until), limit, floor)
             elif images is None:
                 semantic = []
@@ -619,9 +624,10 @@ def search(
 def _image_hits(
     store: Store, caches: _Caches, qvec: np.ndarray, limit: int, source: str | None, since: float | None,
     until: float | None, rk: Ranking,
-) -> list[tuple[int, float, float]] | None:
-    """(id, hubness-corrected score, time) of the images nearest the query, or None when the store
-    has no projection or its image vectors are not in the text space (e.g. the random projection)."""
+) -> list[tuple[int, float, float, bool]] | None:
+    """(id, hubness-corrected score, time, plain cosine >= image_floor) of the images nearest the
+    query, or None when the store has no projection or its image vectors are not in the text space
+    (e.g. the random projection)."""
     proj = getattr(store, "image_projection", None)
     if proj is None:
         return None
@@ -632,47 +638,39 @@ def _image_hits(
     hub = proj.hub_weight if rk.hub_weight is None else rk.hub_weight
     mask = snap.filter_mask(source, since, until)
     rows, sims = _nearest_rows(snap, q, mask, limit, -math.inf, bias_weight=hub)
-    floor = rk.image_floor
-    if floor > -1.0 and rows.size:
-        # The floor is on the plain cosine (the corrected score has no fixed scale): an image nowhere
-        # near the query is not returned on its own. Cheap: only the candidates are rescored.
-        raw = np.einsum("ij,j->i", snap.vecs[rows].astype(np.float32), q) * snap.inv_norms[rows]
-        rows, sims = rows[raw >= floor], sims[raw >= floor]
-    return [(int(snap.ids[r]), float(s), float(snap.times[r])) for r, s in zip(rows, sims)]
-
-
-def _zscores(hits: list[tuple[int, float, float]]) -> tuple[dict[int, float], float]:
-    """Per-query z-scores of one ranking's candidate scores, and the value for absent captures."""
-    if not hits:
-        return {}, 0.0
-    vals = np.asarray([h[1] for h in hits], np.float64)
-    mean, sd = float(vals.mean()), float(vals.std())
-    sd = sd if sd > 1e-6 else 1.0
-    z = {cid: (s - mean) / sd for cid, s, _ in hits}
-    return z, (float(vals.min()) - mean) / sd  # absent: at most as good as the last candidate
+    # The floor is on the plain cosine (the corrected score has no fixed scale). Cheap: only the
+    # candidates are rescored.
+    raw = np.einsum("ij,j->i", snap.vecs[rows].astype(np.float32), q) * snap.inv_norms[rows]
+    return [(int(snap.ids[r]), float(s), float(snap.times[r]), bool(c >= rk.image_floor))
+            for r, s, c in zip(rows, sims, raw)]
 
 
 def _fuse_scores(
     keyword: list[tuple[int, float, float]], semantic: list[tuple[int, float, float]],
-    images: list[tuple[int, float, float]], rk: Ranking,
+    images: list[tuple[int, float, float, bool]], rk: Ranking,
 ) -> list[tuple[int, float, float]]:
-    """Weighted score fusion -> (id, fused score (higher is better), time), best first."""
-    times: dict[int, float] = {}
-    for ranking in (keyword, semantic, images):
-        for cid, _, t in ranking:
-            times[cid] = t
-    z_img, img_absent = _zscores(images)
-    z_cap, cap_absent = _zscores(semantic)
+    """Weighted score fusion -> (id, fused score (higher is better), time), best first.
+
+    fused = image score + caption_weight * caption cosine + keyword_weight * BM25 / best BM25.
+    Image scores and caption cosines are both similarities to the same query vector, so they add
+    without per-query normalisation (z-scores were tried: with few candidates they turn one strong
+    caption match into noise). A capture missing from a ranking gets that ranking's last score: it
+    was not among its best ``limit``, so at most that good.
+    """
+    times: dict[int, float] = {cid: t for cid, _, t in keyword}
+    times.update((cid, t) for cid, s, t in semantic if s >= MIN_SIMILARITY)
+    times.update((cid, t) for cid, _, t, near in images if near)  # only these may be returned
+    img = {cid: s for cid, s, _, _ in images}
+    img_absent = images[-1][1] if images else 0.0
+    cap = {cid: s for cid, s, _ in semantic}
+    cap_absent = semantic[-1][1] if semantic else 0.0
     best_bm25 = min((s for _, s, _ in keyword), default=-1.0)
     kw = {cid: (s / best_bm25 if best_bm25 < 0 else 0.0) for cid, s, _ in keyword}  # best match = 1
-    fused = []
-    for cid, t in times.items():
-        score = (
-            rk.image_weight * z_img.get(cid, img_absent)
-            + (rk.caption_weight * z_cap.get(cid, cap_absent) if semantic else 0.0)
-            + rk.keyword_weight * kw.get(cid, 0.0)
-        )
-        fused.append((cid, score, t))
+    w_img, w_cap, w_kw = rk.image_weight, rk.caption_weight, rk.keyword_weight
+    fused = [
+        (cid, w_img * img.get(cid, img_absent) + w_cap * cap.get(cid, cap_absent) + w_kw * kw.get(cid, 0.0), t)
+        for cid, t in times.items()
+    ]
     fused.sort(key=lambda x: (-x[1], -x[2], -x[0]))
     return fused
 

@@ -245,3 +245,42 @@ def test_fused_ranking_one_word_newest_first_misspelling_and_stop_words(tmp_path
         assert typo.corrections == {"dgo": "dog"} and [c["id"] for c in typo.items] == got[:3]
         assert search(store, "the of", k=10, embedder=emb).items == []
         assert {c["id"] for c in search(store, "bike", k=1, embedder=emb).items} == {others[1]}
+
+
+@pytest.mark.skipif(not (ROOT / "models" / "image-projection" / "manifest.json").is_file()
+                    or not (ROOT / "models" / "captioner-int8" / "manifest.json").is_file()
+                    or not (ROOT / "models" / "minilm-int8" / "manifest.json").is_file(),
+                    reason="needs models/image-projection, captioner-int8 and minilm-int8")
+def test_http_api_with_projected_image_vectors(tmp_path: Path) -> None:
+    """Real models, real store, real waitress: text search, more like this and search by photo all
+    work when the image vectors live in the text space."""
+    from webfixtures import PASSWORD, SAMPLES, Client, add_sample, basic, captioner_vector, multipart, running
+
+    from device.daemon import open_store
+    from device.embedder import load_embedder
+    from device.web import WebSettings, create_app, hash_password
+    from webfixtures import load_real_captioner
+
+    cap = load_real_captioner()
+    emb = load_embedder(ROOT / "models", "minilm-int8", num_threads=1)
+    store = open_store(tmp_path / "data", ROOT / "models")
+    assert store.image_projection is not None
+    try:
+        ids = [add_sample(store, i, embedder=emb, image_vector=captioner_vector(cap)) for i in range(7)]
+        assert {len(r[0]) for r in store.connection().execute("SELECT vector FROM image_vectors")} == {384}
+        app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, cap, emb)
+        with running(app) as url:
+            c = Client(url, basic())
+            res = c.get("/api/search?q=spaceship&k=3").json()
+            assert res["mode"] == "hybrid" and "rocket" in res["items"][0]["caption"]
+            r = c.get(f"/api/captures/{ids[1]}/similar?k=6")
+            assert r.status == 200 and len(r.json()["items"]) == 6
+            assert ids[1] not in [item["id"] for item in r.json()["items"]]
+            body, headers = multipart({"k": "3"}, {"image": ("fox.jpg", (SAMPLES / "fox_in_snow.jpg").read_bytes(),
+                                                              "image/jpeg")})
+            r = c.post("/api/search/photo", body, headers=headers)
+            assert r.status == 200, r.text
+            assert r.json()["items"][0]["id"] == ids[1]  # the stored fox
+            assert r.json()["items"][0]["rank_score"] > 0.95
+    finally:
+        store.close()
