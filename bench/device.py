@@ -7,9 +7,14 @@ Numbers are medians; the machine and its load average are recorded with them.
 """
 from __future__ import annotations
 
+import os
+
+# as `edgecap` does (device/cli.py): one OpenBLAS thread, set before numpy is imported
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -86,11 +91,15 @@ def ingest_in_process(files: list[str], set_name: str, threads: int, workers: in
         cap = load_captioner(cfg.models_dir, cfg.model.captioner, threads)
         emb = load_text_embedder(cfg)
         pipe = Pipeline(store, cap, emb, cfg.model.beam_width)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         res = ingest(pipe, files, workers=workers)
-        secs = time.perf_counter() - t
+        secs, cpu = time.perf_counter() - t, time.process_time() - cpu
         store.close()
+    # CPU time per image does not depend on what else runs on the machine; with 2 idle cores the
+    # rate cannot exceed 2 / cpu_s_per_image (and the stages must overlap to get near it).
     return {"images": res.stored, "seconds": round(secs, 2), "images_per_s": round(res.stored / secs, 1),
+            "cpu_ms_per_image": round(cpu / max(1, res.stored) * 1000, 2),
+            "cpu_bound_images_per_s_2_cores": round(2 * max(1, res.stored) / cpu, 1),
             "failed": res.failed, "threads": threads, "workers": workers, "beam_width": cfg.model.beam_width,
             "embedder": cfg.model.embedder}
 
@@ -202,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         i, c = result["ingest"], result["ingest_command"]
         print(f"\ningest ({default}, {i['images']} Flickr8k test images, beam {i['beam_width']}, "
               f"embedder {i['embedder']}):")
-        print(f"  ingest loop      {i['images_per_s']:>7.1f} images/s ({i['seconds']} s)")
+        print(f"  ingest loop      {i['images_per_s']:>7.1f} images/s ({i['seconds']} s; "
+              f"{i['cpu_ms_per_image']} ms CPU per image -> at most "
+              f"{i['cpu_bound_images_per_s_2_cores']} images/s on 2 idle cores)")
         print(f"  edgecap ingest   {c['images_per_s']:>7.1f} images/s ({c['seconds']} s, incl. start-up)")
     else:
         print(f"(no Flickr8k at {FLICKR}: ingest not measured)", file=sys.stderr)
