@@ -166,24 +166,33 @@ def markdown(report: dict) -> str:
 
 def tune(store: Any, embedder: Any, qs: dict[str, list[tuple[str, str]]], ids: dict[str, int],
          sample: int) -> list[dict]:
-    """Grid over the score-fusion weights on a sample of the (dev) queries; best first."""
+    """Grid over the score-fusion weights on a sample of the (dev) queries, then the image floor at
+    the best weights; best first. Full captions decide (the issue's target), short queries count half."""
     from device.search import SHIPPED
 
     rng = random.Random(1)
     sub = {kind: rng.sample(v, min(sample, len(v))) for kind, v in qs.items()}
-    rows = []
-    for cw in (0.0, 0.1, 0.2, 0.3, 0.5):
-        for kw in (0.0, 0.1, 0.3, 0.5, 1.0):
-            for floor in (-1.0, 0.05):
-                rk = dataclasses.replace(SHIPPED, caption_weight=cw, keyword_weight=kw, image_floor=floor)
-                r = {kind: evaluate(store, embedder, rk, v, ids, 10) for kind, v in sub.items()}
-                rows.append({"caption_weight": cw, "keyword_weight": kw, "image_floor": floor, **r})
-                log.info("tune cw=%.1f kw=%.1f floor=%.2f full %s short %s", cw, kw, floor,
-                         (r["full"]["r1"], r["full"]["r5"], r["full"]["r10"]),
-                         (r["short"]["r1"], r["short"]["r5"], r["short"]["r10"]))
-    # full captions decide (the issue's target), short queries break near-ties
-    rows.sort(key=lambda r: -(r["full"]["r1"] + r["full"]["r5"] + r["full"]["r10"]
-                              + 0.5 * (r["short"]["r1"] + r["short"]["r5"] + r["short"]["r10"])))
+
+    def score(r: dict) -> float:
+        return r["full"]["r1"] + r["full"]["r5"] + r["full"]["r10"] + 0.5 * (
+            r["short"]["r1"] + r["short"]["r5"] + r["short"]["r10"])
+
+    def run(rk: Any) -> dict:
+        r = {kind: evaluate(store, embedder, rk, v, ids, 10) for kind, v in sub.items()}
+        row = {"caption_weight": rk.caption_weight, "keyword_weight": rk.keyword_weight,
+               "image_floor": rk.image_floor, **r}
+        log.info("tune %s: full %s short %s", {k: row[k] for k in ("caption_weight", "keyword_weight", "image_floor")},
+                 (r["full"]["r1"], r["full"]["r5"], r["full"]["r10"]),
+                 (r["short"]["r1"], r["short"]["r5"], r["short"]["r10"]))
+        return row
+
+    rows = [run(dataclasses.replace(SHIPPED, caption_weight=cw, keyword_weight=kw))
+            for cw in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0) for kw in (0.0, 0.05, 0.1, 0.2)]
+    best = max(rows, key=score)
+    rows += [run(dataclasses.replace(SHIPPED, caption_weight=best["caption_weight"],
+                                     keyword_weight=best["keyword_weight"], image_floor=floor))
+             for floor in (0.05, 0.1, 0.2) if floor != SHIPPED.image_floor]
+    rows.sort(key=lambda r: -score(r))
     return rows
 
 
