@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if (FLICKR / "Flickr_8k.testImages.txt").is_file():
         files = test_images(args.images)
         default = "captioner-int8" if "captioner-int8" in sets else sets[0]
-        result["ingest"] = ingest_in_process(files, default, args.threads, args.workers)
+        result["ingest"] = ingest_in_process(files, default, 1, args.workers)  # `edgecap ingest` default
         result["ingest_command"] = ingest_command(files, default)
         i, c = result["ingest"], result["ingest_command"]
         print(f"\ningest ({default}, {i['images']} Flickr8k test images, beam {i['beam_width']}, "
