@@ -30,14 +30,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def make_photos(folder: Path, n: int) -> None:
-    """n distinct small JPEGs made from the samples (crops at different offsets)."""
-    folder.mkdir()
+def make_photos(folder: Path, start: int, n: int) -> None:
+    """n more distinct small JPEGs made from the samples (crops at different offsets)."""
+    folder.mkdir(exist_ok=True)
     sources = [Image.open(p).convert("RGB") for p in sorted(SAMPLES.glob("*.jpg"))]
-    for i in range(n):
+    for i in range(start, start + n):
         im = sources[i % len(sources)]
-        dx = (i // len(sources)) * 3
+        dx = (i // len(sources)) % 20 * 3
         crop = im.crop((dx, dx, dx + min(im.width, 300) - 40, dx + min(im.height, 300) - 40))
+        crop = crop.rotate(i // (20 * len(sources)) * 90, expand=True)  # distinct beyond 180 photos
         crop.save(folder / f"photo_{i:04d}.jpg", quality=85)
 
 
@@ -68,7 +69,8 @@ def check_integrity(db: Path) -> None:
 
 def test_sigkill_during_ingest_keeps_the_store_consistent(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
-    make_photos(photos, 150)
+    total = 150
+    make_photos(photos, 0, total)
     data = tmp_path / "data"
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\nnum_threads = 1\nbeam_width = 2\n")
@@ -86,11 +88,14 @@ def test_sigkill_during_ingest_keeps_the_store_consistent(tmp_path: Path) -> Non
             deadline = time.monotonic() + 60
             while not lines and p.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.005)
-            delay = rng.uniform(0.0, 0.4)
+            delay = rng.uniform(0.0, 0.3)
         time.sleep(delay)
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
+        else:  # it finished first (everything stored): give the next runs more to do
+            make_photos(photos, total, 60)
+            total += 60
         p.wait(timeout=30)
         reader.join(timeout=10)
         reported.extend(lines)
@@ -115,7 +120,7 @@ def test_sigkill_during_ingest_keeps_the_store_consistent(tmp_path: Path) -> Non
     missing = [r["id"] for r in reported if r["id"] not in ids]
     assert not missing, f"reported as stored but gone: {missing}"
     originals = [r[3] for r in rows]
-    assert len(originals) == len(set(originals)) == 150  # each photo exactly once
+    assert len(originals) == len(set(originals)) == total  # each photo exactly once
     referenced = {r[1] for r in rows} | {r[2] for r in rows}
     for rel in referenced:
         assert (data / rel).is_file(), f"row without its file: {rel}"
