@@ -67,6 +67,14 @@ def check_integrity(db: Path) -> None:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
+def check_promises(db: Path, reported: list[dict]) -> None:
+    """Right after a kill, before anything else runs: each reported capture is there, for its photo."""
+    with sqlite3.connect(db) as c:
+        stored = dict(c.execute("SELECT id, original_path FROM captures").fetchall())
+    broken = [r for r in reported if stored.get(r["id"]) != r["image"]]
+    assert not broken, f"reported as stored but missing after a kill: {broken[:3]}"
+
+
 def test_sigkill_during_ingest_keeps_the_store_consistent(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     total = 150
@@ -101,6 +109,7 @@ def test_sigkill_during_ingest_keeps_the_store_consistent(tmp_path: Path) -> Non
         reported.extend(lines)
         if (data / "edgecap.db").exists():
             check_integrity(data / "edgecap.db")
+            check_promises(data / "edgecap.db", reported)
     assert kills >= KILLS, f"only {kills} kills in {runs} runs"
 
     # a last run completes the ingest (it reconciles first, as every start-up does)
@@ -116,9 +125,7 @@ def test_sigkill_during_ingest_keeps_the_store_consistent(tmp_path: Path) -> Non
     check_integrity(data / "edgecap.db")
     with sqlite3.connect(data / "edgecap.db") as c:
         rows = c.execute("SELECT id, image, thumb, original_path FROM captures").fetchall()
-    ids = {r[0] for r in rows}
-    missing = [r["id"] for r in reported if r["id"] not in ids]
-    assert not missing, f"reported as stored but gone: {missing}"
+    check_promises(data / "edgecap.db", reported)
     originals = [r[3] for r in rows]
     assert len(originals) == len(set(originals)) == total  # each photo exactly once
     referenced = {r[1] for r in rows} | {r[2] for r in rows}
