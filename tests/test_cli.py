@@ -128,3 +128,37 @@ def test_ingest_then_search(tmp_path: Path) -> None:
     hits = [json.loads(line) for line in r.stdout.splitlines()]
     assert hits and any(h["id"] == cat["id"] for h in hits)
     assert all(word in h["caption"] or h.get("rank_score") is not None for h in hits)
+
+
+def test_serve_without_auth_listens_on_localhost(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "test.toml"
+    cfg.write_text('[model]\nnum_threads = 1\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECAP_MODELS_DIR": str(MODELS), "EDGECAP_CONFIG": str(cfg)}
+    env.pop("EDGECAP_PASSWORD", None)
+    p = subprocess.Popen([sys.executable, "-m", "device", "--data-dir", str(tmp_path / "data"), "serve",
+                          "--no-auth", "--port", str(port)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        body = None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                    body = json.load(resp)
+            except OSError:
+                assert p.poll() is None, p.communicate()[1]
+                time.sleep(0.2)
+        assert body and body["status"] == "ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/captures", timeout=5) as resp:
+            assert json.load(resp)["items"] == []  # no password needed, empty store
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert "Traceback" not in err
