@@ -111,6 +111,31 @@ def signature_details(path: Path) -> dict:
     return {"inputs": describe(runner.get_input_details()), "outputs": describe(runner.get_output_details())}
 
 
+TENSOR_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 7: "int16", 9: "int8",
+                17: "int4"}
+
+
+def weight_bytes(path: Path, list_above: int = 50_000) -> dict:
+    """Stored weight bytes per data type, and the big matrices one by one: shows what is 4-bit."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+    model = tfl_flatbuffer_utils.read_model(str(path))
+    by_type: dict[str, int] = {}
+    big = []
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            data = model.buffers[tensor.buffer].data
+            size = 0 if data is None else len(data)
+            if not size:
+                continue
+            dtype = TENSOR_TYPES.get(tensor.type, str(tensor.type))
+            by_type[dtype] = by_type.get(dtype, 0) + size
+            if size > list_above:
+                name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+                big.append({"tensor": name, "dtype": dtype, "shape": [int(s) for s in tensor.shape],
+                            "bytes": size})
+    return {"bytes_by_dtype": by_type, "largest": sorted(big, key=lambda t: -t["bytes"])}
+
+
 def write_set(out: Path, name: str, files: dict[str, bytes], quantization: dict, meta: dict) -> Path:
     set_dir = out / name
     if set_dir.exists():
@@ -127,6 +152,7 @@ def write_set(out: Path, name: str, files: dict[str, bytes], quantization: dict,
         "quantization": quantization,
         "preprocessing": PREPROCESSING,
         "tensors": {role: signature_details(set_dir / f) for role, f in names.items()},
+        "weights": {role: weight_bytes(set_dir / f) for role, f in names.items() if role != "encoder"},
         **meta,
         "metrics": {},
     }

@@ -53,6 +53,8 @@ def test_every_variant_is_exported_with_a_manifest(pipeline):
         sizes[name] = m["sizes"]["step.tflite"]
     # int8 weights are about a quarter of float, 4-bit weights smaller again
     assert sizes["captioner-4bit"] < sizes["captioner-int8"] < sizes["captioner-float"] / 3
+    stored = ModelSet.load(tmp / "models" / "captioner-4bit").manifest["weights"]["step"]["bytes_by_dtype"]
+    assert stored["int4"] > 4 * stored.get("float32", 0)  # the matrices really are stored at 4 bits
 
 
 def test_evaluation_report_scores_every_set_and_the_keras_model(pipeline):
