@@ -296,3 +296,16 @@ def test_search_while_a_writer_adds(store: Store, bow: BagOfWordsEmbedder) -> No
     th.join()
     assert errors == []
     assert len(search(store, "frame", k=100).items) == 30
+
+
+def test_smallest_distances_by_histogram() -> None:
+    rng = np.random.default_rng(3)
+    dist = rng.integers(0, 200, 50_000).astype(np.uint16)
+    dist[rng.integers(0, 50_000, 1000)] = np.iinfo(np.uint16).max  # masked rows
+    for m in (1, 100, 2000, 49_000):
+        got = search_mod._smallest(dist, m)
+        assert got.size == m and np.all(np.diff(got) > 0)
+        # every row not chosen is at least as far as every row chosen
+        rest = np.ones(dist.size, bool)
+        rest[got] = False
+        assert dist[got].max() <= dist[rest].min()
