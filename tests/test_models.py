@@ -1,0 +1,70 @@
+"""The committed model sets: they load, match their manifests' hashes, meet the size budgets and the
+measured quality recorded at export, and caption a committed photo sensibly through the device code."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.captioner import Captioner
+from device.modelset import ModelSet, ModelSetError, available_sets
+from device.preprocess import load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+SAMPLES = ROOT / "device" / "samples"
+CAPTIONERS = ("captioner-int8", "captioner-4bit", "captioner-float")
+PEOPLE = {"man", "woman", "boy", "girl", "child", "person", "people", "lady", "kid", "men", "women"}
+
+
+def test_every_committed_set_matches_its_manifest():
+    names = available_sets(MODELS)
+    assert set(CAPTIONERS) | {"minilm-int8", "image-projection"} <= set(names)
+    for name in names:
+        if (MODELS / name).is_dir() and name != "minilm-float":  # minilm-float is never committed
+            ModelSet.load(MODELS / name)  # raises on a missing file or a sha256 mismatch
+
+
+def test_size_budgets():
+    def megabytes(name):
+        return sum(ModelSet.load(MODELS / name).manifest["sizes"].values()) / 1e6
+    assert megabytes("captioner-int8") <= 10
+    assert megabytes("captioner-4bit") <= 6
+
+
+def test_the_4bit_set_stores_embedding_and_output_projection_in_4_bits():
+    largest = ModelSet.load(MODELS / "captioner-4bit").manifest["weights"]["step"]["largest"]
+    dtypes = {t["tensor"]: t["dtype"] for t in largest}
+    vocab = len(ModelSet.load(MODELS / "captioner-4bit").manifest["vocab"])
+    matrices = [t for t in largest if vocab in t["shape"]]  # the embedding and the output projection
+    assert len(matrices) == 2 and all(t["dtype"] == "int4" for t in matrices), dtypes
+
+
+def test_recorded_test_metrics_meet_the_targets():
+    metrics = {n: ModelSet.load(MODELS / n).manifest["metrics"]["flickr8k_test"] for n in CAPTIONERS}
+    assert metrics["captioner-int8"]["BLEU-4"] >= 19.0 and metrics["captioner-int8"]["CIDEr"] >= 0.47
+    assert metrics["captioner-float"]["BLEU-4"] - metrics["captioner-int8"]["BLEU-4"] <= 0.5
+    assert metrics["captioner-float"]["BLEU-4"] - metrics["captioner-4bit"]["BLEU-4"] <= 1.0
+
+
+@pytest.mark.parametrize("name", CAPTIONERS)
+def test_captions_a_committed_photo_sensibly(name):
+    captioner = Captioner.load(MODELS / name, num_threads=1)
+    dogs = captioner.caption(load_image(SAMPLES / "dog_and_cats.jpg"))
+    assert {"dog", "dogs"} & set(dogs.words), dogs.text
+    child = captioner.caption(load_image(SAMPLES / "boy_red_cap.jpg"))
+    assert PEOPLE & set(child.words) and "red" in child.words, child.text
+    assert child.attention.shape == (len(child.words), 7, 7)
+    assert np.allclose(child.attention.sum(axis=(1, 2)), 1.0, atol=1e-3)
+    assert child.beams[0]["text"] == child.text and len(child.beams) == 3
+    assert child.image_vector.shape == (1280,)
+
+
+def test_a_corrupted_model_file_is_refused(tmp_path):
+    import shutil
+    copy = tmp_path / "captioner-int8"
+    shutil.copytree(MODELS / "captioner-int8", copy)
+    data = bytearray((copy / "step.tflite").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "step.tflite").write_bytes(bytes(data))
+    with pytest.raises(ModelSetError, match="sha256 does not match"):
+        Captioner.load(copy)
