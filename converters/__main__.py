@@ -49,17 +49,24 @@ def _evaluate(args) -> None:
     print(markdown_table(report))
 
 
-def _embedder(args) -> None:
-    from converters.embedder import main as embedder_main
-    embedder_main(["--data", str(args.data), "--out", str(args.models)])
-
-
 def _all(args) -> None:
     for step in (_features, _train, _export, _evaluate):
         step(args)
 
 
+# Steps with options of their own: `python -m converters NAME ...` hands the rest to NAME's main().
+DELEGATED = {
+    "embedder": "export all-MiniLM-L6-v2 to TFLite and measure parity (converters/embedder.py)",
+    "projection": "train the image -> text projection for text-to-image search (converters/projection.py)",
+    "retrieval": "the findability benchmark: Recall@K of text queries on a split (converters/retrieval.py)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+        return importlib.import_module(f"converters.{argv[0]}").main(argv[1:]) or 0
     parser = argparse.ArgumentParser(prog="python -m converters", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -96,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-tune", action="store_true", help="keep the manifests' length penalty")
     p.add_argument("--no-keras", action="store_true", help="skip the Keras float reference")
     p.add_argument("--report", type=Path, default=Path("bench/results/evaluate.json"))
-    command("embedder", _embedder, "export all-MiniLM-L6-v2 to TFLite and measure parity")
+    for name, help in DELEGATED.items():
+        sub.add_parser(name, help=help + "; NAME --help for its options", add_help=False)
     p = command("all", _all, "features, train, export and evaluate in one go")
     p.add_argument("--encoder-weights", default="imagenet")
     training_options(p)
