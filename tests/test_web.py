@@ -231,7 +231,9 @@ def test_captures_filters(api):
     # capture i is at T0 + i days; ask for days 2..3 in the device's local time
     from datetime import datetime
 
-    day = lambda i: datetime.fromtimestamp(T0 + i * DAY).date().isoformat()
+    def day(i: int) -> str:
+        return datetime.fromtimestamp(T0 + i * DAY).date().isoformat()
+
     got = api.get(f"/api/captures?since={day(2)}&until={day(3)}").json()["items"]
     assert sorted(c["id"] for c in got) == [3, 4]
     r = api.get(f"/api/captures?since={day(4)}&until={day(2)}")
