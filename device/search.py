@@ -59,12 +59,12 @@ class Ranking:
     alt_weight: float = KEYWORD_WEIGHTS[1]  # BM25 weight of the other beams (0: best caption only)
     # score fusion (used when the image ranking takes part)
     image_weight: float = 1.0
-    caption_weight: float = 0.3
-    keyword_weight: float = 0.3
+    caption_weight: float = 0.1
+    keyword_weight: float = 0.0
     # A capture is returned only when its caption matches a keyword, its caption embedding is at least
     # MIN_SIMILARITY from the query, or its image vector at least image_floor (plain cosine): image
     # scores rank, but a nonsense word must not list the whole store.
-    image_floor: float = 0.15
+    image_floor: float = 0.05
     hub_weight: float | None = None  # hubness correction of image scores; None: the projection's
 
 
@@ -481,13 +481,23 @@ def warm(store: Store) -> None:
 # Query parsing
 
 
-def _expand_terms(words: list[str], vocab: dict[str, int]) -> tuple[list[list[str]], dict[str, str]]:
+def _expand_terms(
+    words: list[str], vocab: dict[str, int], known: Any = None
+) -> tuple[list[list[str]], dict[str, str]]:
     """One group of FTS terms per query word: the forms present in the index, else the spelling
-    correction's forms, else the word itself (which then matches nothing)."""
+    correction's forms, else the word itself (which then matches nothing).
+
+    ``known(word)``, when given, says the word is a real word (the embedder knows it whole): it is
+    then not "corrected" just because no caption uses it. Generated captions use a few hundred
+    words, so "tan" would become "man" and the query's embedding would lose its meaning (measured
+    on Flickr8k dev: image-ranking R@1 19.6 with such corrections, 20.8 without).
+    """
     groups: list[list[str]] = []
     corrections: dict[str, str] = {}
     for w in words:
         forms = sorted(f for f in textnorm.inflections(w) if f in vocab)
+        if not forms and known is not None and known(w):
+            forms = [w]
         if not forms:
             fixed = textnorm.correct(w, vocab)
             if fixed:
@@ -498,6 +508,32 @@ def _expand_terms(words: list[str], vocab: dict[str, int]) -> tuple[list[list[st
         if forms not in groups:
             groups.append(forms)
     return groups, corrections
+
+
+_whole_words: dict[tuple[int, str], bool] = {}
+
+
+def _whole_word_checker(embedder: Any) -> Any:
+    """``word -> bool``: the embedder's tokenizer has the word as one token ([CLS] word [SEP]), i.e.
+    it is a real word, not a typo; None when the embedder has no tokenizer to ask."""
+    token_ids = getattr(embedder, "token_ids", None)
+    if token_ids is None:
+        return None
+
+    def known(word: str) -> bool:
+        key = (id(embedder), word)
+        hit = _whole_words.get(key)
+        if hit is None:
+            try:
+                hit = len(token_ids(word)) == 3
+            except Exception:  # a tokenizer problem must not break search
+                hit = False
+            if len(_whole_words) > 100_000:
+                _whole_words.clear()
+            _whole_words[key] = hit
+        return hit
+
+    return known
 
 
 def fts_query(groups: list[list[str]], op: str = "OR") -> str:
@@ -584,7 +620,8 @@ def search(
 
     caches = _caches_for(store)
     words = textnorm.content_words(text)
-    groups, corrections = _expand_terms(words, caches.vocab.get(store)) if words else ([], {})
+    known = _whole_word_checker(embedder)
+    groups, corrections = _expand_terms(words, caches.vocab.get(store), known) if words else ([], {})
     limit = max(CANDIDATES, k)
     keyword = _keyword(store, groups, limit, source, since, until, rk.alt_weight) if rk.keyword else []
 
