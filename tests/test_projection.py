@@ -255,7 +255,16 @@ def test_fused_ranking_one_word_newest_first_misspelling_and_stop_words(tmp_path
 def test_http_api_with_projected_image_vectors(tmp_path: Path) -> None:
     """Real models, real store (filled through the device pipeline: the captioner's own captions),
     real waitress: text search, more like this and search by photo with image vectors in text space."""
-    from webfixtures import CAPTURES, PASSWORD, SAMPLES, Client, basic, load_real_captioner, multipart, running
+    from webfixtures import (
+        CAPTURES,
+        PASSWORD,
+        SAMPLES,
+        Client,
+        basic,
+        load_real_captioner,
+        multipart,
+        running,
+    )
 
     from device.daemon import Pipeline, open_store
     from device.embedder import load_embedder
