@@ -52,7 +52,7 @@ def variants() -> dict[str, Any]:
         "keyword + caption embedding (RRF)": Ranking(images=False),
         "image vectors only (text -> image projection)": Ranking(keyword=False, captions=False),
         "shipped hybrid (image + caption + keyword, score fusion)": SHIPPED,
-        "shipped hybrid, best caption only in keyword": dataclasses.replace(SHIPPED, alt_weight=0.0),
+        "shipped hybrid without the hubness correction": dataclasses.replace(SHIPPED, hub_weight=0.0),
     }
 
 
