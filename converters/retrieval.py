@@ -51,9 +51,17 @@ def variants() -> dict[str, Any]:
         "caption embedding only": Ranking(keyword=False, images=False),
         "keyword + caption embedding (RRF)": Ranking(images=False),
         "image vectors only (text -> image projection)": Ranking(keyword=False, captions=False),
-        "shipped hybrid (image + caption + keyword, score fusion)": SHIPPED,
+        shipped_name(SHIPPED): SHIPPED,
         "shipped hybrid without the hubness correction": dataclasses.replace(SHIPPED, hub_weight=0.0),
     }
+
+
+def shipped_name(rk: Any) -> str:
+    """"shipped hybrid (image vectors + 0.05 x caption embedding)": the weights in the name."""
+    parts = ["image vectors", f"{rk.caption_weight:g} x caption embedding"]
+    if rk.keyword_weight:
+        parts.append(f"{rk.keyword_weight:g} x BM25")
+    return f"shipped hybrid ({' + '.join(parts)}, score fusion)"
 
 
 def beam_embedding_store(data_dir: Path, out_dir: Path, embedder: Any, models: Path) -> Any:
