@@ -13,7 +13,7 @@ keeps it per capture (4 bytes) and text -> image ranking uses ``v . q - a * hub(
 mere query shift, did nothing.)
 
 Output: ``models/image-projection/{projection.npz, manifest.json}`` (kind ``image-projection``),
-read by ``device/image_projection.py``. Run: ``python -m converters.projection`` (a few minutes).
+read by ``device/image_projection.py``. Run: ``python -m converters projection`` (a few minutes).
 """
 from __future__ import annotations
 

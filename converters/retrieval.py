@@ -1,7 +1,7 @@
 """Retrieval benchmark: can a person find a Flickr8k image by typing what was in it?
 
-    python -m converters.retrieval                       # test split, the shipped ranking + ablations
-    python -m converters.retrieval --split dev --tune    # choose the fusion weights (never on test)
+    python -m converters retrieval                       # test split, the shipped ranking + ablations
+    python -m converters retrieval --split dev --tune    # choose the fusion weights (never on test)
 
 1. Ingests the split's 1000 images into a fresh store through the device path (``edgecap ingest``
    as a subprocess, with this checkout's models/), so captions, beams, embeddings and image vectors
