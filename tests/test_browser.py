@@ -21,6 +21,7 @@ from webfixtures import (
     running,
 )
 
+from device.image_projection import load_image_projection
 from device.web import WebSettings, create_app, hash_password
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
@@ -38,7 +39,9 @@ def site(tmp_path_factory):
     # plumbing is what this test is about; the captioner's own tests cover the model).
     captioner = load_real_captioner()
     vector = pixel_vector if captioner is None else captioner_vector(captioner)
-    store = fill_store(tmp_path_factory.mktemp("store"), image_vector=vector)
+    # with the real captioner, image vectors go through models/image-projection as on a device
+    projection = None if captioner is None else load_image_projection(Path(__file__).resolve().parent.parent / "models")
+    store = fill_store(tmp_path_factory.mktemp("store"), image_vector=vector, image_projection=projection)
     app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store,
                      captioner or PixelCaptioner(), None)
     with running(app) as url:

@@ -86,9 +86,11 @@ def add_sample(store: Store, i: int, *, time: float | None = None, embedder: Any
     )
 
 
-def fill_store(data_dir: Path, embedder: Any = None, image_vector: Any = pixel_vector) -> Store:
-    """One capture per sample photo, one day apart, oldest first (ids 1..7)."""
-    store = Store(data_dir)
+def fill_store(data_dir: Path, embedder: Any = None, image_vector: Any = pixel_vector,
+               image_projection: Any = None) -> Store:
+    """One capture per sample photo, one day apart, oldest first (ids 1..7). With the real captioner's
+    vectors, pass models/image-projection so they are stored as a device stores them."""
+    store = Store(data_dir, image_projection=image_projection)
     for i in range(len(CAPTURES)):
         add_sample(store, i, embedder=embedder, image_vector=image_vector)
     return store
