@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -324,3 +325,23 @@ def test_real_words_are_not_corrected_to_caption_words(tmp_path: Path) -> None:
         assert res.corrections == {"dgo": "dog"}  # "tan" is a word, not a typo of "man"
         assert search(store, "tan dgo", k=5, embedder=BagOfWordsEmbedder()).corrections == {
             "tan": "man", "dgo": "dog"}  # without a tokenizer to ask: as before
+
+
+def test_one_word_query_returns_every_caption_that_says_it(tmp_path: Path, projection_dir: Path) -> None:
+    """The caption's embedding can be far from a single word (here cosine 0.24 < 0.25) and the image
+    unrelated; the keyword still makes it a result."""
+    emb = BagOfWordsEmbedder()
+    feats = np.load(projection_dir.parent.parent / "feats.npy")
+    long_caption = ("a man in a bright red shirt is standing on the old stone sidewalk next to "
+                    "three tall green trees near one big wooden bench")
+    assert float(emb.embed(["man"])[0] @ emb.embed([long_caption])[0]) < 0.25
+    with Store(tmp_path / "data", image_projection=load_image_projection(projection_dir.parent)) as store:
+        cid = store.add(Image.new("RGB", (8, 8)), time=T0, source="cam", caption=long_caption,
+                        embedding=emb.embed([long_caption])[0], image_vector=feats[WORDS.index("car")])
+        for i, w in enumerate(["dog", "beach", "snow"]):
+            store.add(Image.new("RGB", (8, 8)), time=T0 + 1 + i, source="cam", caption=f"a {w}",
+                      embedding=emb.embed([f"a {w}"])[0], image_vector=feats[WORDS.index(w)])
+        assert cid in [c["id"] for c in search(store, "man", k=10, embedder=emb).items]
+        # with no BM25 weight the keyword ranking is skipped, and nothing else finds it
+        no_kw = dataclasses.replace(SHIPPED, keyword_weight=0.0)
+        assert cid not in [c["id"] for c in search(store, "man", k=10, embedder=emb, ranking=no_kw).items]
