@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
 import pytest
+from fakes import BagOfWordsEmbedder
 from PIL import Image
 
 from converters.projection import dequantize, export, hubness, project, quantize, recall
@@ -22,22 +22,6 @@ from device.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
 WORDS = ["dog", "cat", "beach", "car", "snow", "bike", "red", "child"]
-
-
-class BagOfWordsEmbedder:
-    """A sentence is the normalised sum of one fixed random vector per word (deterministic)."""
-
-    dim = 384
-    model_id = "bag-of-words-test"
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            for w in text.lower().split():
-                seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:8], "little")
-                out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
-        return out
 
 
 def _concept_features(rng: np.random.Generator) -> np.ndarray:

@@ -3,14 +3,13 @@ ingest` subprocess with the real captioner on the sample photos laid out as a ti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
+from fakes import BagOfWordsEmbedder
 from PIL import Image
 
 from converters.retrieval import CachedEmbedder, evaluate, main, markdown, queries, short_query
@@ -21,24 +20,6 @@ from device.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "device" / "samples"
 T0 = 1_700_000_000.0
-
-
-class BagOfWordsEmbedder:
-    dim = 384
-    model_id = "bag-of-words-test"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        self.calls += len(texts)
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            for w in text.lower().split():
-                seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:8], "little")
-                out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
-        return out
 
 
 def test_short_queries_are_one_to_three_content_words_of_the_caption() -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import BagOfWordsEmbedder
 from PIL import Image
 
 from device import search as search_mod
@@ -31,23 +31,6 @@ CAPTIONS = [
 NASTY = ['"', "AND OR NOT", "*", "NEAR(", "'", "dog*", "col:dog", "^dog", "a NEAR/2 b", "(", ")",
          "\\", "%", "_", "\x00", "dog\x00cat", "🐶 dog", "ünïcödé 猫 犬", "x" * 10_000,
          "dog " * 3000, " ".join(f"w{i}" for i in range(3000)), "-dog", "+", "{}", "[]", ";--"]
-
-
-class BagOfWordsEmbedder:
-    """Deterministic stand-in for ranking-logic tests: a sentence is the normalised sum of one fixed
-    random vector per word, so captions sharing words are similar and nothing else is."""
-
-    dim = 384
-    model_id = "bag-of-words-test"
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            for w in text.lower().split():
-                seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:8], "little")
-                out[i] += np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] /= max(float(np.linalg.norm(out[i])), 1e-9)
-        return out
 
 
 class BrokenEmbedder:
