@@ -157,7 +157,7 @@ def test_folder_run_skips_bad_files_and_max_captures(tmp_path: Path, models, cap
 
 
 @needs_models
-def test_gating_and_retention_in_the_loop(tmp_path: Path, models, monkeypatch, picamera2_env) -> None:
+def test_gating_and_retention_in_the_loop(tmp_path: Path, models, monkeypatch, picamera2) -> None:
     # the stand-in camera gives a solid red scene whose brightness changes every capture
     monkeypatch.setattr(daemon_mod, "RETENTION_EVERY_S", 0.0)
     d, _ = make_daemon(tmp_path, models, camera={"source": "picamera2", "width": 160, "height": 120},
@@ -183,18 +183,6 @@ def test_gating_and_retention_in_the_loop(tmp_path: Path, models, monkeypatch, p
     assert stats.stored == 25 and stats.deleted > 0
     left = rows(tmp_path / "b" / "data")
     assert 0 < len(left) < 25 and left[-1][0] == 25  # the oldest went, the newest stayed
-
-
-@pytest.fixture
-def picamera2_env(monkeypatch: pytest.MonkeyPatch):
-    import importlib
-
-    monkeypatch.syspath_prepend(str(STANDIN))
-    sys.modules.pop("picamera2", None)
-    mod = importlib.import_module("picamera2")
-    mod.reset()
-    yield mod
-    sys.modules.pop("picamera2", None)
 
 
 @needs_models

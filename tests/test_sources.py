@@ -1,7 +1,6 @@
 """Sources: samples, watched folder, the Pi camera (against the picamera2 stand-in), OpenCV video/streams."""
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import shutil
@@ -151,16 +150,6 @@ def test_folder_skip_callback_and_missing_folder(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- Pi camera via the picamera2 stand-in
-
-@pytest.fixture
-def picamera2(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(STANDIN))
-    sys.modules.pop("picamera2", None)
-    mod = importlib.import_module("picamera2")
-    mod.reset()
-    yield mod
-    sys.modules.pop("picamera2", None)
-
 
 def test_picamera2_source(picamera2) -> None:
     src = open_source(cfg(source="picamera2", width=320, height=240))
