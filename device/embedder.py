@@ -13,6 +13,7 @@ machine that has it; it is imported only then.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -108,7 +109,8 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, model: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub at run time
-        from sentence_transformers import SentenceTransformer
+        # Optional PyTorch backend: imported only here, when the config asks for it by name.
+        SentenceTransformer = importlib.import_module("sentence_transformers").SentenceTransformer
 
         source = model or _bundled_reference() or REFERENCE_MODEL
         try:
