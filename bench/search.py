@@ -37,11 +37,13 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.load import percentiles, run_clients
 from device import search as search_mod
 from device.store import Store, encode_embedding
 
@@ -187,14 +189,6 @@ def make_queries(n: int, seed: int = 1) -> list[dict[str, str]]:
     return out
 
 
-def _percentiles(ms: list[float]) -> dict[str, float]:
-    if not ms:
-        return {}
-    arr = np.asarray(ms)
-    return {f"p{p}": round(float(np.percentile(arr, p)), 2) for p in (50, 95, 99)} | {
-        "mean": round(float(arr.mean()), 2), "max": round(float(arr.max()), 2), "n": len(ms)}
-
-
 class Client:
     def __init__(self, port: int) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -233,36 +227,14 @@ def sequential(port: int, queries: list[dict[str, str]]) -> dict[str, Any]:
         status, took = client.get(q)
         ms.append(took)
         errors += status != 200
-    return {"latency_ms": _percentiles(ms), "errors": errors}
+    return {"latency_ms": percentiles(ms), "errors": errors}
 
 
 def concurrent(port: int, queries: list[dict[str, str]], clients: int, duration: float) -> dict[str, Any]:
-    ms: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop = time.perf_counter() + duration
-
-    def worker(offset: int) -> None:
+    def make_client() -> Callable[[int], int]:
         client = Client(port)
-        local, bad, i = [], 0, offset
-        while time.perf_counter() < stop:
-            status, took = client.get(queries[i % len(queries)])
-            local.append(took)
-            bad += status != 200
-            i += 1
-        with lock:
-            ms.extend(local)
-            errors[0] += bad
-
-    threads = [threading.Thread(target=worker, args=(i * 17,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t0
-    return {"clients": clients, "duration_s": round(wall, 1), "requests": len(ms), "errors": errors[0],
-            "rps": round(len(ms) / wall, 1), "latency_ms": _percentiles(ms)}
+        return lambda i: client.get(queries[i % len(queries)])[0]
+    return run_clients(clients, duration, make_client)
 
 
 def minilm_ms() -> dict[str, float] | None:
@@ -330,7 +302,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "captures": n, "fill_s": fill_s, "cache_load_s": warm_s,
         "image_vectors": projection is not None,
         "image_vector_bytes_per_capture": round(image_bytes / max(1, n), 1),
-        "http_sequential": seq, "http_concurrent": conc, "direct_search_ms": _percentiles(direct),
+        "http_sequential": seq, "http_concurrent": conc, "direct_search_ms": percentiles(direct),
     }
 
 

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.search import SyntheticEmbedder, _percentiles, fill, make_queries
+from bench.load import percentiles, run_clients
+from bench.search import SyntheticEmbedder, fill, make_queries
 from device import search as search_mod
 from device.store import Store
 from device.web import WebSettings, create_app, hash_password, make_server
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             statuses: list[int] = []
             sock = [_timed(lambda u=u, out=statuses: out.append(conn.get(u))) for u in paths]
             bad = sum(s != 200 for s in statuses)
-            rows[name] = {"library_ms": _percentiles(direct), "in_app_ms": _percentiles(in_app),
-                          "http_ms": _percentiles(sock), "errors": bad}
+            rows[name] = {"library_ms": percentiles(direct), "in_app_ms": percentiles(in_app),
+                          "http_ms": percentiles(sock), "errors": bad}
             log.info("%-9s library p50 %6.2f  in-app p50 %6.2f  http p50 %6.2f p95 %6.2f  errors %d",
                          name, rows[name]["library_ms"]["p50"], rows[name]["in_app_ms"]["p50"],
                          rows[name]["http_ms"]["p50"], rows[name]["http_ms"]["p95"], bad)
@@ -167,42 +168,21 @@ def concurrent(port: int, store: Store, queries: list[dict[str, str]], clients: 
     """clients threads, each on its own keep-alive connection, for duration seconds: a request mix of
     60% search, 20% newest list, 10% one capture, 10% its image."""
     ids = [r["id"] for r in store.recent(100)]
-    ms: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    stop = time.perf_counter() + duration
 
-    def worker(seed: int) -> None:
-        c = Conn(port)
-        local, bad, i = [], 0, seed
-        while time.perf_counter() < stop:
-            r = i % 10
-            if r < 6:
-                path = "/api/search?" + urllib.parse.urlencode({"q": queries[i % len(queries)]["q"], "k": "24"})
-            elif r < 8:
-                path = "/api/captures?limit=24"
-            elif r < 9:
-                path = f"/api/captures/{ids[i % len(ids)]}"
-            else:
-                path = f"/api/captures/{ids[i % len(ids)]}/image"
-            t0 = time.perf_counter()
-            status = c.get(path)
-            local.append((time.perf_counter() - t0) * 1000)
-            bad += status != 200
-            i += 1
-        with lock:
-            ms.extend(local)
-            errors[0] += bad
+    def path(i: int) -> str:
+        r = i % 10
+        if r < 6:
+            return "/api/search?" + urllib.parse.urlencode({"q": queries[i % len(queries)]["q"], "k": "24"})
+        if r < 8:
+            return "/api/captures?limit=24"
+        if r < 9:
+            return f"/api/captures/{ids[i % len(ids)]}"
+        return f"/api/captures/{ids[i % len(ids)]}/image"
 
-    threads = [threading.Thread(target=worker, args=(n * 7,)) for n in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    return {"clients": clients, "duration_s": round(wall, 1), "requests": len(ms), "errors": errors[0],
-            "rps": round(len(ms) / wall, 1), "latency_ms": _percentiles(ms)}
+    def make_client() -> Callable[[int], int]:
+        conn = Conn(port)
+        return lambda i: conn.get(path(i))
+    return run_clients(clients, duration, make_client, stride=7)
 
 
 if __name__ == "__main__":
