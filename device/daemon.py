@@ -302,19 +302,13 @@ class Daemon:
                 log.debug("skipped: change %.4f < min_change %.4f", diff, self.gate.min_change)
                 return
         try:
-            cid, cap = self.pipeline.process(frame)
-        except self._full_error as e:
-            # make room and try once more; if still full, wait and keep capturing later
-            log.warning("store full (%s): deleting the oldest captures", e)
-            self.retention(force=True)
             try:
                 cid, cap = self.pipeline.process(frame)
-            except self._store_errors as e2:
-                self.stats.errors += 1
-                delay = self._store_backoff.next()
-                log.error("cannot store the capture (%s); retrying in %.0f s", e2, delay)
-                self._sleep(delay)
-                return
+            except self._full_error as e:
+                # make room and try once more; if still full, wait and keep capturing later
+                log.warning("store full (%s): deleting the oldest captures", e)
+                self.retention(force=True)
+                cid, cap = self.pipeline.process(frame)
         except self._store_errors as e:
             self.stats.errors += 1
             delay = self._store_backoff.next()
