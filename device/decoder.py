@@ -56,10 +56,13 @@ def beam_search(model: StepModel, features: np.ndarray, special: Special, *, bea
     live = [Hypothesis([], 0.0, [])]
     live_h = h
     finished: list[Hypothesis] = []
+    tiled: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # beam size -> the image's values, keys per row
     for t in range(max_len + 1):
         n = len(live)
+        if n not in tiled:  # the beam only changes size when a hypothesis ends
+            tiled[n] = (np.repeat(values, n, 0), np.repeat(keys, n, 0))
         tokens = np.array([hyp.tokens[-1] if hyp.tokens else special.start for hyp in live], np.int32)
-        logprobs, new_h, alpha = model.step(tokens, live_h, np.repeat(values, n, 0), np.repeat(keys, n, 0))
+        logprobs, new_h, alpha = model.step(tokens, live_h, *tiled[n])
         logprobs = logprobs.astype(np.float64)
         logprobs[:, banned] = -np.inf
         if t == max_len:  # out of room: every live hypothesis must end now
