@@ -19,7 +19,7 @@ from tqdm import tqdm
 from converters.data import load_dataset
 from converters.features import FeatureCache
 from converters.metrics import corpus_scores, gender_error_rate
-from converters.train import load_trained, references
+from converters.train import load_trained, references, tokens_to_text
 from device.captioner import Captioner
 from device.decoder import Special, beam_search
 from device.modelset import ModelSet
@@ -42,10 +42,6 @@ class KerasStepModel:
     def step(self, tokens, h, values, keys):
         logits, h, alpha = self._step(tokens, h, values, keys)
         return tf.nn.log_softmax(logits).numpy(), h.numpy(), alpha.numpy()
-
-
-def _text(tokens, vocab: list[str]) -> str:
-    return " ".join(vocab[t] for t in tokens)
 
 
 def score(refs, hyps: dict[str, str], metrics=("bleu", "meteor", "rouge", "cider")) -> dict:
@@ -98,7 +94,7 @@ def evaluate_keras(work: Path, dataset, names: list[str], beam_width: int, lengt
         feats = features[row_of[name]][None].astype(np.float32)
         decoded = beam_search(model, feats, special, beam_width=beam_width, max_len=max_len,
                               length_penalty=length_penalty)
-        hyps[name] = _text(decoded.best.tokens, vocab.words)
+        hyps[name] = tokens_to_text(decoded.best.tokens, vocab)
     return {"metrics": score(references(dataset, names), hyps), "captions": hyps}
 
 
@@ -108,10 +104,12 @@ def evaluate(data: Path, work: Path, models: Path, sets: list[str], *, beam_widt
     names = dataset.splits[split]
     first = ModelSet.load(models / sets[0]).manifest
     report: dict = {"split": split, "images": len(names), "sets": {}}
+    length_penalty = first["decoding"]["length_penalty"]
     if tune:
         lp, table = tune_length_penalty(Captioner.load(models / sets[0], num_threads), dataset,
                                         dataset.splits["dev"])
         report["length_penalty"] = {"chosen": lp, "dev": table, "tuned_on": sets[0]}
+        length_penalty = lp
         for name in sets:
             _update_manifest(models / name, lambda m: m["decoding"].update(length_penalty=lp))
     for name in sets:
@@ -120,8 +118,7 @@ def evaluate(data: Path, work: Path, models: Path, sets: list[str], *, beam_widt
         report.setdefault("examples", {})[name] = result["examples"]
         _update_manifest(models / name, lambda m, r=result["metrics"]: m.update(metrics={f"flickr8k_{split}": r}))
     if keras and (work / "best.weights.h5").exists():
-        lp = ModelSet.load(models / sets[0]).manifest["decoding"]["length_penalty"]
-        report["sets"]["keras-float"] = evaluate_keras(work, dataset, names, beam_width, lp,
+        report["sets"]["keras-float"] = evaluate_keras(work, dataset, names, beam_width, length_penalty,
                                                       Special(**first["special"]), first["max_len"])["metrics"]
     return report
 

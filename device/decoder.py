@@ -1,4 +1,4 @@
-"""The one caption decoder: beam search (and greedy, its width-1 case) in plain numpy.
+"""The one caption decoder: beam search in plain numpy; greedy decoding is beam_width=1.
 
 It drives any object with the two calls the exported models have (`init`, `step`: see docs/design.md),
 so the converters' evaluation of the Keras model, of every TFLite variant, and the device all decode
@@ -93,6 +93,3 @@ def beam_search(model: StepModel, features: np.ndarray, special: Special, *, bea
     finished.sort(key=lambda hyp: hyp.score, reverse=True)
     return Decoded(finished[0], finished[:beam_width])
 
-
-def greedy(model: StepModel, features: np.ndarray, special: Special, *, max_len: int = 20) -> Decoded:
-    return beam_search(model, features, special, beam_width=1, max_len=max_len, length_penalty=0.0)
