@@ -31,7 +31,7 @@ def _export(args) -> None:
     from converters.model import build_encoder
     from converters.train import load_trained
     decoder, vocab, meta = load_trained(args.work)
-    export(args.data, args.work, args.models, build_encoder(args.encoder_weights), decoder, vocab, meta,
+    export(args.data, args.models, build_encoder(args.encoder_weights), decoder, vocab, meta,
            calibration=args.calibration)
 
 

@@ -161,7 +161,7 @@ def write_set(out: Path, name: str, files: dict[str, bytes], quantization: dict,
     return set_dir
 
 
-def export(data: Path, work: Path, out: Path, encoder, decoder, vocab, train_meta: dict,
+def export(data: Path, out: Path, encoder, decoder, vocab, train_meta: dict,
            calibration: int = 200, length_penalty: float = 0.7, sets=SETS) -> list[Path]:
     dataset = load_dataset(data)
     train_names = dataset.splits["train"]
