@@ -179,12 +179,10 @@ def api_caption():
                 embedding = st.embedder.embed([cap.text])[0]
             except Exception:  # still keep the photo: keyword search finds it, re-embedding can follow
                 log.warning("upload: the text embedder failed; stored without an embedding", exc_info=True)
+        from device.daemon import Pipeline  # the one place that maps a caption onto a stored row
         try:
-            cid = st.store.add(
-                img, time=time.time(), source="upload", original_path=None, caption=cap.text,
-                score=cap.score, model_id=model_id, beams=cap.beams, attention=cap.attention,
-                embedding=embedding, image_vector=getattr(cap, "image_vector", None),
-            )
+            cid = Pipeline(st.store, st.captioner, None).save(img, cap, embedding, source="upload",
+                                                              original_path=None, time=time.time())
         except StoreFullError:
             return jsonify({"error": "the device's disk is full; the photo was not kept", "status": 507}), 507
         out["capture"] = params.capture_json(st.store.get(cid) or {"id": cid})
