@@ -7,12 +7,18 @@ import os
 import sys
 from pathlib import Path
 
+COCO = Path("../shared/data/coco-subset")
+
+
+def _dataset(args):
+    from converters.data import load_training_data
+    return load_training_data(args.data, args.coco)
+
 
 def _features(args) -> None:
-    from converters.data import load_dataset
     from converters.features import extract
     from converters.model import build_encoder
-    dataset = load_dataset(args.data)
+    dataset = _dataset(args)
     names = sorted({n for split in dataset.splits.values() for n in split})
     extract([dataset.image_path(n) for n in names], args.work, build_encoder(args.encoder_weights))
 
@@ -23,7 +29,7 @@ def _train(args) -> None:
     for option in ("images_per_batch", "min_count", "max_len", "learning_rate", "lr_decay"):
         if getattr(args, option):
             setattr(cfg, option, getattr(args, option))
-    train(args.data, args.work, cfg, resume=args.resume)
+    train(_dataset(args), args.work, cfg, resume=args.resume)
 
 
 def _export(args) -> None:
@@ -31,7 +37,7 @@ def _export(args) -> None:
     from converters.model import build_encoder
     from converters.train import load_trained
     decoder, vocab, meta = load_trained(args.work)
-    export(args.data, args.models, build_encoder(args.encoder_weights), decoder, vocab, meta,
+    export(_dataset(args), args.models, build_encoder(args.encoder_weights), decoder, vocab, meta,
            calibration=args.calibration)
 
 
@@ -39,9 +45,11 @@ def _evaluate(args) -> None:
     import json
 
     from converters.evaluate import evaluate, markdown_table
+    from device.tagger import load_tagger
     sets = args.sets or [s for s in ("captioner-int8", "captioner-4bit", "captioner-float")
                          if (args.models / s / "manifest.json").exists()]
-    report = evaluate(args.data, args.work, args.models, sets, beam_width=args.beam_width,
+    tagger = None if args.tagger == "none" else load_tagger(args.models, args.tagger)
+    report = evaluate(_dataset(args), args.work, args.models, sets, tagger=tagger, beam_width=args.beam_width,
                       num_threads=args.threads, tune=not args.no_tune, keras=not args.no_keras,
                       split=args.split)
     args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +66,7 @@ def _all(args) -> None:
 DELEGATED = {
     "embedder": "export all-MiniLM-L6-v2 to TFLite and measure parity (converters/embedder.py)",
     "projection": "train the image -> text projection for text-to-image search (converters/projection.py)",
+    "tags": "export the ImageNet object tagger models/imagenet-tags (converters/tags.py)",
     "retrieval": "the findability benchmark: Recall@K of text queries on a split (converters/retrieval.py)",
 }
 
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(func=func)
         p.add_argument("--data", type=Path, default=Path("../shared/data/flickr8k"),
                        help="Flickr8k folder (either layout)")
+        p.add_argument("--coco", default=str(COCO), help="COCO subset folder trained on beside Flickr8k "
+                       "('none': Flickr8k only; default: used when it exists)")
         p.add_argument("--work", type=Path, default=Path("work"), help="feature cache and checkpoints")
         p.add_argument("--models", type=Path, default=Path("models"), help="where model sets go")
         return p
@@ -97,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=200, help="training images to calibrate the encoder")
     p = command("evaluate", _evaluate, "score the model sets (and the Keras model) on the test split")
     p.add_argument("--sets", nargs="*", help="model sets to score (default: all captioner sets)")
-    p.add_argument("--split", default="test", choices=("dev", "test"))
+    p.add_argument("--split", default="test", choices=("dev", "test"),
+                   help="test: Flickr8k test; dev: Flickr8k dev and COCO val")
+    p.add_argument("--tagger", default="imagenet-tags", help="object tagger set in --models ('none': no tags)")
     p.add_argument("--beam-width", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-tune", action="store_true", help="keep the manifests' length penalty")
@@ -110,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     training_options(p)
     p.add_argument("--calibration", type=int, default=200)
     p.add_argument("--report", type=Path, default=Path("bench/results/evaluate.json"))
-    p.set_defaults(sets=None, split="test", beam_width=3, threads=2, no_tune=False, no_keras=False)
+    p.set_defaults(sets=None, split="test", beam_width=3, threads=2, no_tune=False, no_keras=False,
+                   tagger="imagenet-tags")
 
     args = parser.parse_args(argv)
+    if args.coco == "none" or (args.coco == str(COCO) and not COCO.is_dir()):
+        args.coco = None
     if getattr(args, "encoder_weights", None) == "none":
         args.encoder_weights = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,13 +1,17 @@
-"""Flickr8k-style datasets: captions, splits, normalisation, vocabulary.
+"""Caption datasets: captions, splits, normalisation, vocabulary.
 
-Two layouts are read:
+Flickr8k is read in two layouts:
 - original: `Flicker8k_Dataset/` + `Flickr8k.token.txt` + `Flickr_8k.{train,dev,test}Images.txt`
 - Kaggle:   `Images/` + `captions.txt` (CSV `image,caption`); with no split files, a seeded split.
 When both are present (as in ../shared/data/flickr8k) the original layout and its standard split win.
+
+The COCO subset (../shared/data/coco-subset: `images/` + `captions.json`) adds the objects Flickr8k
+barely has; `combine()` trains on both while keeping each one's dev split for model selection.
 """
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import random
 import re
@@ -32,9 +36,18 @@ class Dataset:
     image_dir: Path
     captions: dict[str, list[str]]  # image file name -> raw captions
     splits: dict[str, list[str]] = field(default_factory=dict)
+    name: str = "flickr8k"
+    parts: list["Dataset"] = field(default_factory=list)  # what a combined dataset is made of
 
     def image_path(self, name: str) -> Path:
+        for part in self.parts:
+            if name in part.captions:
+                return part.image_path(name)
         return self.image_dir / name
+
+    def dev_sets(self) -> dict[str, list[str]]:
+        """Each part's own dev split: a combined model is selected on all of them."""
+        return {p.name: p.splits["dev"] for p in self.parts or [self]}
 
 
 def normalize(caption: str) -> list[str]:
@@ -117,6 +130,46 @@ def load_dataset(root: str | Path, seed: int = 0) -> Dataset:
         splits = {"test": names[:n_test], "dev": names[n_test:n_test + n_dev],
                   "train": names[n_test + n_dev:]}
     return Dataset(image_dir=image_dir, captions=captions, splits=splits)
+
+
+def load_coco(root: str | Path) -> Dataset:
+    """The COCO subset: Karpathy train + restval to train on, Karpathy val as its dev split."""
+    root = Path(root)
+    path = root / "captions.json"
+    try:
+        entries = json.loads("\n".join(_read_lines(path)))
+        captions = {e["image"]: [c.strip() for c in e["captions"] if c.strip()] for e in entries}
+        split_of = {e["image"]: e["karpathy_split"] for e in entries}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: expected a list of {{image, karpathy_split, captions}} ({exc})") from exc
+    image_dir = root / "images"
+    missing = {n for n in captions if not (image_dir / n).is_file()}
+    if missing:
+        log.warning("skipping %d COCO images that do not exist in %s (e.g. %s)", len(missing), image_dir, min(missing))
+        captions = {k: v for k, v in captions.items() if k not in missing}
+    names = sorted(n for n, caps in captions.items() if caps)
+    splits = {"train": [n for n in names if split_of[n] != "val"],
+              "dev": [n for n in names if split_of[n] == "val"], "test": []}
+    return Dataset(image_dir=image_dir, captions=captions, splits=splits, name="coco")
+
+
+def combine(*datasets: Dataset) -> Dataset:
+    """One dataset made of several: captions and splits joined, each part still known by name."""
+    captions: dict[str, list[str]] = {}
+    for d in datasets:
+        clash = captions.keys() & d.captions.keys()
+        if clash:
+            raise DatasetError(f"{d.name}: image names also in another dataset (e.g. {min(clash)})")
+        captions.update(d.captions)
+    splits = {s: [n for d in datasets for n in d.splits.get(s, [])] for s in SPLITS}
+    return Dataset(image_dir=datasets[0].image_dir, captions=captions, splits=splits,
+                   name="+".join(d.name for d in datasets), parts=list(datasets))
+
+
+def load_training_data(flickr: str | Path, coco: str | Path | None) -> Dataset:
+    """Flickr8k, plus the COCO subset when a folder is given."""
+    dataset = load_dataset(flickr)
+    return combine(dataset, load_coco(coco)) if coco else dataset
 
 
 @dataclass

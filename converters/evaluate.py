@@ -1,8 +1,13 @@
 """Evaluate the Keras model and every exported model set through the one device decoder.
 
-BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap) against the 5 references of each test image, the
-gender-word error rate, distinct words, size on disk and milliseconds per caption (encoder + beam
-search through the TFLite files). The metrics go into each manifest and docs/models.md.
+BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap) against the 5 references of each image, the
+gender-word error rate, distinct words, object-tag precision, size on disk and milliseconds per
+caption (encoder + tags + beam search through the TFLite files), on the chosen split of every dataset
+that has one (`--split test`: Flickr8k test; `--split dev`: Flickr8k dev and COCO val). The metrics go
+into each manifest and docs/models.md.
+
+Decoding settings (length penalty, and the bonus for tagged words) are chosen first on the dev splits
+of all datasets, by the same criterion that selected the training epoch.
 """
 from __future__ import annotations
 
@@ -16,17 +21,20 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from converters.data import load_dataset
+from converters.data import Dataset, normalize
 from converters.features import FeatureCache
 from converters.metrics import corpus_scores, gender_error_rate
-from converters.train import load_trained, references, tokens_to_text
+from converters.train import load_trained, references, selection_score, tokens_to_text
 from device.captioner import Captioner
 from device.decoder import Special, beam_search
 from device.modelset import ModelSet
 from device.preprocess import load_image
+from device.tagger import Tagger
+from device.textnorm import inflections
 
 log = logging.getLogger(__name__)
 LENGTH_PENALTIES = (0.0, 0.3, 0.5, 0.7, 1.0)
+TAG_BIASES = (0.0, 0.5, 1.0, 2.0)  # log-probability bonus per unit of tag confidence
 
 
 class KerasStepModel:
@@ -52,36 +60,61 @@ def score(refs, hyps: dict[str, str], metrics=("bleu", "meteor", "rouge", "cider
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
-def tune_length_penalty(captioner: Captioner, dataset, names: list[str]) -> tuple[float, dict]:
-    """Pick the length penalty on dev by BLEU-4 + 100 x CIDEr (both headline metrics, equal weight)."""
-    refs = references(dataset, names)
-    features = {n: captioner.encode(load_image(dataset.image_path(n))) for n in tqdm(names, desc="dev encode")}
+def tag_precision(dataset, tags: dict[str, list[str]]) -> dict:
+    """Share of the tags whose word (or its plural) some reference caption of the image uses: a
+    lower bound (a reference may say "kitten" for a cat), but one that needs no labelling."""
+    shown = hits = 0
+    for name, words in tags.items():
+        said = {w for c in dataset.captions[name] for w in normalize(c)}
+        said |= {" ".join(pair) for c in dataset.captions[name] for pair in zip(normalize(c), normalize(c)[1:])}
+        shown += len(words)
+        hits += sum(bool(inflections(w) & said) for w in words)
+    return {"tag_precision": round(100 * hits / max(shown, 1), 2),
+            "tags_per_image": round(shown / max(len(tags), 1), 2)}
+
+
+def tune_decoding(captioner: Captioner, dataset: Dataset) -> tuple[dict, dict]:
+    """Pick the length penalty and tag bias on the dev splits by `selection_score` (train.py)."""
+    dev = {name: (names, references(dataset, names)) for name, names in dataset.dev_sets().items() if names}
+    features = {n: captioner.encode(load_image(dataset.image_path(n)))
+                for names, _ in dev.values() for n in tqdm(names, desc="dev encode")}
+    biases = TAG_BIASES if captioner.tagger else (0.0,)
     results = {}
     for lp in LENGTH_PENALTIES:
-        captioner.length_penalty = lp
-        hyps = {n: captioner.caption_features(f).text for n, f in features.items()}
-        s = corpus_scores(refs, hyps, ("bleu", "cider"))
-        results[lp] = {"BLEU-4": round(s["BLEU-4"], 3), "CIDEr": round(s["CIDEr"], 4),
-                       "criterion": round(s["BLEU-4"] + 100 * s["CIDEr"], 3)}
-        log.info("dev length penalty %.1f: %s", lp, results[lp])
-    best = max(results, key=lambda lp: results[lp]["criterion"])
-    return best, results
+        for bias in biases:
+            captioner.length_penalty, captioner.tag_bias = lp, bias
+            scores = {}
+            for set_name, (names, refs) in dev.items():
+                hyps = {n: captioner.caption_features(features[n]).text for n in names}
+                s = corpus_scores(refs, hyps, ("bleu", "cider"))
+                scores[set_name] = {"BLEU-4": round(s["BLEU-4"], 3), "CIDEr": round(s["CIDEr"], 4)}
+            key = f"length_penalty={lp} tag_bias={bias}"
+            results[key] = {"length_penalty": lp, "tag_bias": bias, "dev": scores,
+                            "criterion": round(selection_score(scores), 3)}
+            log.info("dev %s: %s", key, results[key])
+    best = max(results.values(), key=lambda r: r["criterion"])
+    return {"length_penalty": best["length_penalty"], "tag_bias": best["tag_bias"]}, results
 
 
-def evaluate_set(set_dir: Path, dataset, names: list[str], beam_width: int, num_threads: int) -> dict:
-    captioner = Captioner.load(set_dir, num_threads=num_threads)
-    hyps, times = {}, []
+def evaluate_set(set_dir: Path, dataset, names: list[str], beam_width: int, num_threads: int,
+                 tagger: Tagger | None) -> dict:
+    captioner = Captioner.load(set_dir, num_threads=num_threads, tagger=tagger)
+    hyps, tags, times = {}, {}, []
     for name in tqdm(names, desc=set_dir.name):
         image = load_image(dataset.image_path(name))
         started = time.perf_counter()
-        hyps[name] = captioner.caption(image, beam_width=beam_width).text
+        caption = captioner.caption(image, beam_width=beam_width)
         times.append(1000 * (time.perf_counter() - started))
+        hyps[name], tags[name] = caption.text, [t.word for t in caption.tags]
     manifest = ModelSet.load(set_dir).manifest
     result = score(references(dataset, names), hyps)
+    if tagger:
+        result.update(tag_precision(dataset, tags))
     result.update(ms_per_caption=round(statistics.median(times), 2), beam_width=beam_width,
                   num_threads=num_threads, bytes=sum(manifest["sizes"].values()),
-                  length_penalty=captioner.length_penalty)
-    return {"metrics": result, "examples": {n: hyps[n] for n in names[:5]}, "captions": hyps}
+                  length_penalty=captioner.length_penalty, tag_bias=captioner.tag_bias if tagger else 0.0)
+    return {"metrics": result, "examples": {n: {"caption": hyps[n], "tags": tags[n]} for n in names[:5]},
+            "captions": hyps}
 
 
 def evaluate_keras(work: Path, dataset, names: list[str], beam_width: int, length_penalty: float,
@@ -98,28 +131,31 @@ def evaluate_keras(work: Path, dataset, names: list[str], beam_width: int, lengt
     return {"metrics": score(references(dataset, names), hyps), "captions": hyps}
 
 
-def evaluate(data: Path, work: Path, models: Path, sets: list[str], *, beam_width: int = 3,
-             num_threads: int = 2, tune: bool = True, keras: bool = True, split: str = "test") -> dict:
-    dataset = load_dataset(data)
-    names = dataset.splits[split]
+def evaluate(dataset: Dataset, work: Path, models: Path, sets: list[str], *, tagger: Tagger | None = None,
+             beam_width: int = 3, num_threads: int = 2, tune: bool = True, keras: bool = True,
+             split: str = "test") -> dict:
+    targets = {f"{p.name}_{split}": p for p in dataset.parts or [dataset] if p.splits.get(split)}
     first = ModelSet.load(models / sets[0]).manifest
-    report: dict = {"split": split, "images": len(names), "sets": {}}
-    length_penalty = first["decoding"]["length_penalty"]
+    report: dict = {"split": split, "results": {}}
+    decoding = {"length_penalty": first["decoding"]["length_penalty"],
+                "tag_bias": first["decoding"].get("tag_bias", 0.0)}
     if tune:
-        lp, table = tune_length_penalty(Captioner.load(models / sets[0], num_threads), dataset,
-                                        dataset.splits["dev"])
-        report["length_penalty"] = {"chosen": lp, "dev": table, "tuned_on": sets[0]}
-        length_penalty = lp
+        decoding, table = tune_decoding(Captioner.load(models / sets[0], num_threads, tagger), dataset)
+        report["decoding"] = {"chosen": decoding, "dev": table, "tuned_on": sets[0]}
         for name in sets:
-            _update_manifest(models / name, lambda m: m["decoding"].update(length_penalty=lp))
-    for name in sets:
-        result = evaluate_set(models / name, dataset, names, beam_width, num_threads)
-        report["sets"][name] = result["metrics"]
-        report.setdefault("examples", {})[name] = result["examples"]
-        _update_manifest(models / name, lambda m, r=result["metrics"]: m.update(metrics={f"flickr8k_{split}": r}))
-    if keras and (work / "best.weights.h5").exists():
-        report["sets"]["keras-float"] = evaluate_keras(work, dataset, names, beam_width, length_penalty,
-                                                      Special(**first["special"]), first["max_len"])["metrics"]
+            _update_manifest(models / name, lambda m: m["decoding"].update(decoding))
+    for target, part in targets.items():
+        names = part.splits[split]
+        result = report["results"][target] = {"images": len(names), "sets": {}, "examples": {}}
+        for name in sets:
+            done = evaluate_set(models / name, part, names, beam_width, num_threads, tagger)
+            result["sets"][name] = done["metrics"]
+            result["examples"][name] = done["examples"]
+            _update_manifest(models / name, lambda m, r=done["metrics"]: m["metrics"].update({target: r}))
+        if keras and (work / "best.weights.h5").exists():
+            result["sets"]["keras-float"] = evaluate_keras(
+                work, part, names, beam_width, decoding["length_penalty"], Special(**first["special"]),
+                first["max_len"])["metrics"]
     return report
 
 
@@ -131,10 +167,15 @@ def _update_manifest(set_dir: Path, change) -> None:
 
 
 def markdown_table(report: dict) -> str:
+    return "\n\n".join(f"{target} ({r['images']} images)\n\n" + _table(r["sets"])
+                       for target, r in report["results"].items())
+
+
+def _table(sets: dict) -> str:
     cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "distinct_words",
-            "gender_error_rate", "bytes", "ms_per_caption"]
+            "gender_error_rate", "tag_precision", "bytes", "ms_per_caption"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, m in report["sets"].items():
+    for name, m in sets.items():
         cells = []
         for c in cols:
             v = m.get(c, "")

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from converters.data import END, PAD, START, UNK, load_dataset
+from converters.data import END, PAD, START, UNK, Dataset
 from device.modelset import sha256_of
 from device.preprocess import load_image, to_model_input
 from device.runtime import make_interpreter
@@ -161,10 +161,12 @@ def write_set(out: Path, name: str, files: dict[str, bytes], quantization: dict,
     return set_dir
 
 
-def export(data: Path, out: Path, encoder, decoder, vocab, train_meta: dict,
+def export(dataset: Dataset, out: Path, encoder, decoder, vocab, train_meta: dict,
            calibration: int = 200, length_penalty: float = 0.7, sets=SETS) -> list[Path]:
-    dataset = load_dataset(data)
-    train_names = dataset.splits["train"]
+    # The encoder is calibrated on the first dataset's (Flickr8k's) training images alone, so that it
+    # stays the same file when only the decoder's training data changes: image-projection is fitted
+    # to its features.
+    train_names = (dataset.parts or [dataset])[0].splits["train"]
     picks = np.random.default_rng(0).choice(len(train_names), min(calibration, len(train_names)), replace=False)
     encoder_bytes = export_encoder(encoder, [dataset.image_path(train_names[i]) for i in sorted(picks)])
     init_fn, step_fn = decoder_functions(decoder)

@@ -1,7 +1,8 @@
 """Extract MobileNetV2 feature maps once into a resumable float16 cache.
 
 work/features.f16  [N, 49, 1280] memory-mapped, rows in the order of work/features.txt;
-work/features.done counts the rows written, so a killed run picks up where it stopped.
+work/features.done counts the rows written, so a killed run picks up where it stopped. Asking for more
+images later (a second dataset) appends their rows and keeps the ones already extracted.
 """
 from __future__ import annotations
 
@@ -46,11 +47,19 @@ def extract(image_paths: list[Path], work: Path, encoder, batch_size: int = 32) 
     """Run the float Keras encoder over every image, appending to the cache; resumable."""
     work.mkdir(parents=True, exist_ok=True)
     cache = FeatureCache(work)
+    by_name = {p.name: p for p in image_paths}
+    old = cache.names() if cache.names_file.exists() else []
+    if old and cache.done() == len(old) and set(old) <= by_name.keys():
+        # A complete cache of some of these images: keep its rows and append the others.
+        known = set(old)
+        image_paths = [by_name[n] for n in old] + [p for p in image_paths if p.name not in known]
     names = [p.name for p in image_paths]
-    if not cache.names_file.exists() or cache.names() != names:
+    if old != names:
+        if names[:len(old)] != old:
+            cache.done_file.write_text("0")
         cache.names_file.write_text("\n".join(names) + "\n")
-        cache.done_file.write_text("0")
-        np.memmap(cache.data_file, dtype=np.float16, mode="w+", shape=(len(names), POSITIONS, CHANNELS)).flush()
+        with open(cache.data_file, "ab") as f:  # grow (or create) the file to the new row count
+            f.truncate(len(names) * POSITIONS * CHANNELS * 2)
     start = cache.done()
     if start >= len(names):
         log.info("feature cache complete (%d images)", len(names))

@@ -12,6 +12,7 @@ from device.decoder import Special, beam_search
 from device.modelset import ModelSet, ModelSetError
 from device.preprocess import to_model_input
 from device.runtime import make_interpreter
+from device.tagger import Tag, Tagger
 
 SIGNATURE = "serving_default"
 
@@ -24,10 +25,12 @@ class Caption:
     attention: np.ndarray             # float32 [len(words), 7, 7], each map sums to 1
     beams: list[dict] = field(default_factory=list)   # [{"text", "score"}], best first
     image_vector: np.ndarray | None = None            # float32 [1280], mean-pooled features
+    tags: list[Tag] = field(default_factory=list)     # ImageNet object words, most confident first
 
     def to_dict(self) -> dict:
         return {"caption": self.text, "score": round(self.score, 4), "words": self.words,
-                "beams": self.beams, "attention": np.round(self.attention, 4).tolist()}
+                "tags": [t.to_dict() for t in self.tags], "beams": self.beams,
+                "attention": np.round(self.attention, 4).tolist()}
 
 
 class TFLiteStepModel:
@@ -47,9 +50,13 @@ class TFLiteStepModel:
 
 
 class Captioner:
-    """Thread-safe: one caption at a time per Captioner (TFLite interpreters are not re-entrant)."""
+    """Thread-safe: one caption at a time per Captioner (TFLite interpreters are not re-entrant).
 
-    def __init__(self, model_set: ModelSet, num_threads: int = 2):
+    With a `tagger`, each caption also gets object tags, and the decoder favours the tagged words by
+    `tag_bias` x confidence (chosen on the dev sets by `python -m converters evaluate`).
+    """
+
+    def __init__(self, model_set: ModelSet, num_threads: int = 2, tagger: Tagger | None = None):
         m = model_set.manifest
         if m.get("kind") != "captioner":
             raise ModelSetError(f"{model_set.dir}: kind is {m.get('kind')!r}, not a captioner")
@@ -59,13 +66,16 @@ class Captioner:
         self.max_len = int(m["max_len"])
         self.beam_width = int(m["decoding"]["beam_width"])
         self.length_penalty = float(m["decoding"]["length_penalty"])
+        self.tag_bias = float(m["decoding"].get("tag_bias", 0.0))
+        self.tagger = tagger
+        self._vocab_index = {w: i for i, w in enumerate(self.vocab)}
         self._encoder = make_interpreter(model_set.path("encoder"), num_threads).get_signature_runner(SIGNATURE)
         self.decoder_model = TFLiteStepModel(model_set.path("init"), model_set.path("step"), num_threads)
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, set_dir: str | Path, num_threads: int = 2) -> "Captioner":
-        return cls(ModelSet.load(set_dir), num_threads)
+    def load(cls, set_dir: str | Path, num_threads: int = 2, tagger: Tagger | None = None) -> "Captioner":
+        return cls(ModelSet.load(set_dir), num_threads, tagger)
 
     def encode(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """The encoder's feature map [1,49,1280] for an image (any size: squashed to 224x224)."""
@@ -76,16 +86,30 @@ class Captioner:
     def caption(self, image: Image.Image | np.ndarray, beam_width: int | None = None) -> Caption:
         return self.caption_features(self.encode(image), beam_width)
 
-    def caption_features(self, features: np.ndarray, beam_width: int | None = None) -> Caption:
+    def word_bias(self, tags: list[Tag]) -> np.ndarray | None:
+        """[V] log-probability bonus for the tagged words the vocabulary has (None: no bonus)."""
+        ids = [(self._vocab_index[t.word], t.p) for t in tags if t.word in self._vocab_index]
+        if not ids or not self.tag_bias:
+            return None
+        bias = np.zeros(len(self.vocab))
+        for i, p in ids:
+            bias[i] += self.tag_bias * p
+        return bias
+
+    def caption_features(self, features: np.ndarray, beam_width: int | None = None,
+                         tags: list[Tag] | None = None) -> Caption:
+        """Caption an encoded image; `tags` defaults to the tagger's (none without a tagger)."""
+        pooled = features[0].mean(axis=0).astype(np.float32)
+        if tags is None:
+            tags = self.tagger.tag(pooled) if self.tagger else []
         with self._lock:
             decoded = beam_search(self.decoder_model, features, self.special,
                                   beam_width=beam_width or self.beam_width, max_len=self.max_len,
-                                  length_penalty=self.length_penalty)
+                                  length_penalty=self.length_penalty, word_bias=self.word_bias(tags))
         best = decoded.best
         words = [self.vocab[t] for t in best.tokens]
         attention = (np.stack(best.alphas).reshape(-1, 7, 7).astype(np.float32) if best.alphas
                      else np.zeros((0, 7, 7), np.float32))
         beams = [{"text": " ".join(self.vocab[t] for t in hyp.tokens), "score": round(hyp.score, 4)}
                  for hyp in decoded.beams]
-        return Caption(" ".join(words), best.score, words, attention, beams,
-                       image_vector=features[0].mean(axis=0).astype(np.float32))
+        return Caption(" ".join(words), best.score, words, attention, beams, image_vector=pooled, tags=tags)

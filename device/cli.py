@@ -135,10 +135,11 @@ def cmd_caption(config: Config, args: argparse.Namespace) -> int:
         c = captioner.caption(image, beam_width=beam)
         if args.json:
             row = {"image": path, "caption": c.text, "score": round(float(c.score), 4),
-                   "model": captioner.model_id, "beams": c.beams}
+                   "tags": [t.to_dict() for t in c.tags], "model": captioner.model_id, "beams": c.beams}
             print(json.dumps(row, default=_json_default), flush=True)
         else:
-            print(f"{path}\t{c.text}\t({float(c.score):.2f})", flush=True)
+            tags = ", ".join(f"{t.word} {t.p:.2f}" for t in c.tags)
+            print(f"{path}\t{c.text}\t({float(c.score):.2f})" + (f"\t[{tags}]" if tags else ""), flush=True)
     return status
 
 
@@ -216,8 +217,8 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
         print(f"edgecap: {res.notice}", file=sys.stderr)
     for item in res.items:
         if args.json:
-            keep = {k: item.get(k) for k in ("id", "time", "time_iso", "source", "caption", "score", "rank_score",
-                                              "original_path")}
+            keep = {k: item.get(k) for k in ("id", "time", "time_iso", "source", "caption", "tags", "score",
+                                              "rank_score", "original_path")}
             keep["image"] = str(store.file_path(item["id"], "image") or "")
             print(json.dumps(keep, default=_json_default))
         else:

@@ -153,9 +153,10 @@ def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
             "or models_dir / EDGECAP_MODELS_DIR"
         )
     from device.captioner import Captioner
+    from device.tagger import load_tagger
 
     try:
-        return Captioner.load(path, num_threads=num_threads)
+        return Captioner.load(path, num_threads=num_threads, tagger=load_tagger(models_dir))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise StartupError(f"cannot load captioner {path}: {e}") from e
 
@@ -173,6 +174,12 @@ def load_text_embedder(config: Config) -> Any | None:
         raise StartupError(f"cannot load embedder {name!r}: {e}") from e
 
 
+def embedding_text(cap: Any) -> str:
+    """What the text embedder sees of a caption: its text, then its object tags."""
+    words = [t.word for t in getattr(cap, "tags", [])]
+    return f"{cap.text}. {', '.join(words)}" if words else cap.text
+
+
 @dataclass
 class Pipeline:
     """Caption, embed and store one image: the one path shared by the daemon, `ingest` and tests."""
@@ -185,10 +192,12 @@ class Pipeline:
     def caption(self, image: Image.Image) -> Any:
         return self.captioner.caption(image, beam_width=self.beam_width)
 
-    def embed(self, texts: list[str]) -> list[np.ndarray | None]:
-        if self.embedder is None or not texts:
-            return [None] * len(texts)
-        return list(self.embedder.embed(texts))
+    def embed(self, caps: list[Any]) -> list[np.ndarray | None]:
+        """Each caption's embedding, its tag words included: a query for "cat" comes near a capture
+        tagged cat even when the caption missed it."""
+        if self.embedder is None or not caps:
+            return [None] * len(caps)
+        return list(self.embedder.embed([embedding_text(c) for c in caps]))
 
     def save(self, image: Image.Image, cap: Any, embedding: np.ndarray | None, *, source: str,
              original_path: str | None, time: float) -> int:
@@ -196,11 +205,12 @@ class Pipeline:
             image, time=time, source=source, original_path=original_path, caption=cap.text,
             score=cap.score, model_id=self.captioner.model_id, beams=cap.beams, attention=cap.attention,
             embedding=embedding, image_vector=getattr(cap, "image_vector", None),
+            tags=[t.to_dict() for t in getattr(cap, "tags", [])],
         )
 
     def process(self, frame: Frame) -> tuple[int, Any]:
         cap = self.caption(frame.image)
-        (vec,) = self.embed([cap.text])
+        (vec,) = self.embed([cap])
         cid = self.save(frame.image, cap, vec, source=frame.source, original_path=frame.original_path,
                         time=frame.time)
         return cid, cap

@@ -49,8 +49,12 @@ def normalised(logprob: float, length: int, length_penalty: float) -> float:
 
 
 def beam_search(model: StepModel, features: np.ndarray, special: Special, *, beam_width: int = 3,
-                max_len: int = 20, length_penalty: float = 0.7) -> Decoded:
-    """Decode one image's features [1,49,F]. Hypotheses leave the beam as they reach <end>."""
+                max_len: int = 20, length_penalty: float = 0.7, word_bias: np.ndarray | None = None) -> Decoded:
+    """Decode one image's features [1,49,F]. Hypotheses leave the beam as they reach <end>.
+
+    `word_bias` [V] is added to every step's log-probabilities: the captioner uses it to favour the
+    words the object tagger sees (scores then include it).
+    """
     values, keys, h = model.init(features)
     banned = [special.pad, special.start, special.unk]
     live = [Hypothesis([], 0.0, [])]
@@ -64,6 +68,8 @@ def beam_search(model: StepModel, features: np.ndarray, special: Special, *, bea
         tokens = np.array([hyp.tokens[-1] if hyp.tokens else special.start for hyp in live], np.int32)
         logprobs, new_h, alpha = model.step(tokens, live_h, *tiled[n])
         logprobs = logprobs.astype(np.float64)
+        if word_bias is not None:
+            logprobs += word_bias
         logprobs[:, banned] = -np.inf
         if t == max_len:  # out of room: every live hypothesis must end now
             logprobs[:, :] = -np.inf

@@ -131,7 +131,7 @@ def ingest(
                     items.pop()
                     done = True
                 good = [it for it in items if it[1] is not None]
-                vectors = iter(pipeline.embed([cap.text for _, _, cap in good]))
+                vectors = iter(pipeline.embed([cap for _, _, cap in good]))
                 for path, image, cap in items:
                     embedded.put((path, image, cap, next(vectors) if image is not None else None))
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it

@@ -19,6 +19,11 @@ the images themselves (hubness-corrected). Then the rankings are fused by weight
 score + weighted caption cosine + weighted BM25 relative to the best match), because the image
 similarity is the strongest signal and rank fusion would throw its margins away. Weights were
 chosen on Flickr8k dev by ``python -m converters.retrieval`` (docs/retrieval.md).
+
+Object tags (device/tagger.py) join every mode as one more ranking: captures tagged with a query word
+(or its singular/plural, or two adjacent query words: "teddy bear"), by the tag's confidence. A tag is
+the classifier's word for the whole photo, so a confident one is strong evidence; it is what finds
+the cat whose caption says "a man in a red shirt".
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class Ranking:
     # scores rank, but a nonsense word must not list the whole store.
     image_floor: float = 0.1  # 0 to 0.15 measured equal on dev
     hub_weight: float | None = None  # hubness correction of image scores; None: the projection's
+    # Added x tag confidence: a photo tagged "cat" at 0.9 outranks the other images by about the
+    # spread of the image scores (0.1-0.4), one tagged at 0.2 by little.
+    tags: bool = True
+    tag_weight: float = 0.25
 
 
 SHIPPED = Ranking()
@@ -666,14 +675,16 @@ def search(
     if rk.keyword and not (images is not None and rk.keyword_weight == 0):
         keyword = _keyword(store, groups, limit, source, since, until, rk.alt_weight)
 
+    tagged = store.tagged(_tag_words(words), limit, source, since, until) if rk.tags and words else []
+
     if images is not None:
-        ranked = _fuse_scores(keyword, semantic or [], images, rk)
+        ranked = _fuse_scores(keyword, semantic or [], images, tagged, rk)
         mode = "hybrid"
     elif semantic is None:
-        ranked = [(cid, -score, t) for cid, score, t in keyword]
+        ranked = _fuse(keyword, tagged) if tagged else [(cid, -score, t) for cid, score, t in keyword]
         mode = "keyword"
     else:
-        ranked = _fuse(keyword, semantic)
+        ranked = _fuse(keyword, semantic, tagged)
         mode = "hybrid"
     top = ranked[:k]
     items = store.get_many([cid for cid, _, _ in top])
@@ -681,6 +692,13 @@ def search(
     for item in items:
         item["rank_score"] = scores[item["id"]]
     return SearchResult(items, mode, " ".join(notices) or None, corrections)
+
+
+def _tag_words(words: list[str]) -> list[str]:
+    """The tag words a query can mean: each word's singular/plural forms and each adjacent pair."""
+    out = {form for w in words for form in textnorm.inflections(w)}
+    out.update(f"{a} {b}" for a, b in zip(words, words[1:]))
+    return sorted(out)
 
 
 def _image_hits(
@@ -709,11 +727,12 @@ def _image_hits(
 
 def _fuse_scores(
     keyword: list[tuple[int, float, float]], semantic: list[tuple[int, float, float]],
-    images: list[tuple[int, float, float, bool]], rk: Ranking,
+    images: list[tuple[int, float, float, bool]], tagged: list[tuple[int, float, float]], rk: Ranking,
 ) -> list[tuple[int, float, float]]:
     """Weighted score fusion -> (id, fused score (higher is better), time), best first.
 
-    fused = image score + caption_weight * caption cosine + keyword_weight * BM25 / best BM25.
+    fused = image score + caption_weight * caption cosine + keyword_weight * BM25 / best BM25
+            + tag_weight * tag confidence.
     Image scores and caption cosines are both similarities to the same query vector, so they add
     without per-query normalisation (z-scores were tried: with few candidates they turn one strong
     caption match into noise). A capture missing from a ranking gets that ranking's last score: it
@@ -722,6 +741,8 @@ def _fuse_scores(
     times: dict[int, float] = {cid: t for cid, _, t in keyword}
     times.update((cid, t) for cid, s, t in semantic if s >= MIN_SIMILARITY)
     times.update((cid, t) for cid, _, t, near in images if near)  # only these may be returned
+    times.update((cid, t) for cid, _, t in tagged)
+    tag = {cid: p for cid, p, _ in tagged}
     img = {cid: s for cid, s, _, _ in images}
     img_absent = images[-1][1] if images else 0.0
     cap = {cid: s for cid, s, _ in semantic}
@@ -730,20 +751,19 @@ def _fuse_scores(
     kw = {cid: (s / best_bm25 if best_bm25 < 0 else 0.0) for cid, s, _ in keyword}  # best match = 1
     w_img, w_cap, w_kw = rk.image_weight, rk.caption_weight, rk.keyword_weight
     fused = [
-        (cid, w_img * img.get(cid, img_absent) + w_cap * cap.get(cid, cap_absent) + w_kw * kw.get(cid, 0.0), t)
+        (cid, w_img * img.get(cid, img_absent) + w_cap * cap.get(cid, cap_absent) + w_kw * kw.get(cid, 0.0)
+         + rk.tag_weight * tag.get(cid, 0.0), t)
         for cid, t in times.items()
     ]
     fused.sort(key=lambda x: (-x[1], -x[2], -x[0]))
     return fused
 
 
-def _fuse(
-    keyword: list[tuple[int, float, float]], semantic: list[tuple[int, float, float]]
-) -> list[tuple[int, float, float]]:
+def _fuse(*rankings: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
     """Reciprocal rank fusion -> (id, fused score (higher is better), time), best first."""
     fused: dict[int, float] = {}
     times: dict[int, float] = {}
-    for ranking in (keyword, semantic):
+    for ranking in rankings:
         for rank, (cid, _, t) in enumerate(ranking, start=1):
             fused[cid] = fused.get(cid, 0.0) + 1.0 / (RRF_K + rank)
             times[cid] = t

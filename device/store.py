@@ -21,6 +21,9 @@ Tables (plain SQL types, JSON as TEXT, so the sqlite3 CLI and Datasette read the
 - ``capture_changes``: an append-only log of capture ids whose vectors changed or were deleted, so
   the search cache in another thread or process updates incrementally instead of reloading.
 - ``store_totals``: running count and file bytes (triggers), so ``count()`` and retention are O(1).
+- ``capture_tags(word, capture_id, p)``: the object tags (device/tagger.py) indexed by word, so a search
+  for "cat" finds the captures tagged cat in one index lookup; ``captures.tags`` keeps the same tags
+  as JSON for display. A trigger deletes them with their capture.
 """
 
 from __future__ import annotations
@@ -226,14 +229,28 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE image_vectors ADD COLUMN hub REAL NOT NULL DEFAULT 0")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE captures ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
+    db.execute(
+        """CREATE TABLE capture_tags (
+            word TEXT NOT NULL, capture_id INTEGER NOT NULL, p REAL NOT NULL,
+            PRIMARY KEY (word, capture_id)) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX capture_tags_capture ON capture_tags (capture_id)")
+    db.execute(
+        """CREATE TRIGGER captures_tags_delete AFTER DELETE ON captures BEGIN
+            DELETE FROM capture_tags WHERE capture_id = old.id; END"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 # ---------------------------------------------------------------------------------------------------
 
 
 _CAPTURE_COLUMNS = (
-    "id, time, source, original_path, image, thumb, caption, score, model_id, beams, width, height"
+    "id, time, source, original_path, image, thumb, caption, score, model_id, beams, tags, width, height"
 )
 
 
@@ -324,7 +341,22 @@ def _row_to_capture(row: sqlite3.Row) -> dict[str, Any]:
     except (TypeError, ValueError):
         beams = []
     d["beams"] = beams if isinstance(beams, list) else []
+    try:
+        tags = json.loads(d.get("tags") or "[]")
+    except (TypeError, ValueError):
+        tags = []
+    d["tags"] = tags if isinstance(tags, list) else []
     return d
+
+
+def _tag_list(tags: Sequence[dict] | None) -> list[dict[str, Any]]:
+    """Valid {"word", "p"} entries, one per word (the first wins)."""
+    out: dict[str, float] = {}
+    for t in tags or []:
+        word, p = (t.get("word"), t.get("p")) if isinstance(t, dict) else (None, None)
+        if isinstance(word, str) and word.strip() and isinstance(p, int | float) and math.isfinite(p):
+            out.setdefault(word.strip().lower(), round(float(p), 3))
+    return [{"word": w, "p": p} for w, p in out.items()]
 
 
 class Store:
@@ -443,6 +475,7 @@ class Store:
         attention: Any = None,
         embedding: Any = None,
         image_vector: Any = None,
+        tags: Sequence[dict] | None = None,
     ) -> int:
         """Store one capture (files first, then the row) and return its id.
 
@@ -464,6 +497,7 @@ class Store:
             att = np.asarray(attention, dtype=np.float32)
             att_blob = att.reshape(-1, 7, 7).astype(np.float16).tobytes()
         emb_blob = encode_embedding(embedding) if embedding is not None else None
+        tag_list = _tag_list(tags)
         img_blob, img_hub = None, 0.0
         if image_vector is not None:
             img_blob = encode_image_vector(image_vector, self.image_projection)
@@ -491,17 +525,19 @@ class Store:
                 try:
                     cur = conn.execute(
                         """INSERT INTO captures (time, source, original_path, image, thumb, caption,
-                               alt_text, score, model_id, beams, width, height, image_bytes, thumb_bytes,
-                               attention)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                               alt_text, score, model_id, beams, tags, width, height, image_bytes,
+                               thumb_bytes, attention)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                         (
                             t, str(source), original_path, rel_image, rel_thumb, str(caption),
                             _alt_text(str(caption), beam_list),
-                            None if score is None else float(score), model_id,
-                            json.dumps(beam_list), rgb.width, rgb.height, len(jpeg), len(thumb), att_blob,
+                            None if score is None else float(score), model_id, json.dumps(beam_list),
+                            json.dumps(tag_list), rgb.width, rgb.height, len(jpeg), len(thumb), att_blob,
                         ),
                     )
                     cid = int(cur.lastrowid)
+                    conn.executemany("INSERT INTO capture_tags (word, capture_id, p) VALUES (?, ?, ?)",
+                                     [(tag["word"], cid, tag["p"]) for tag in tag_list])
                     if emb_blob is not None:
                         conn.execute("INSERT INTO embeddings (capture_id, vector) VALUES (?, ?)", (cid, emb_blob))
                     if img_blob is not None:
@@ -617,6 +653,25 @@ class Store:
             (*args, max(0, int(limit)), max(0, int(offset))),
         ).fetchall()
         return [_row_to_capture(r) for r in rows]
+
+    def tagged(
+        self, words: Sequence[str], limit: int, source: str | None = None, since: float | None = None,
+        until: float | None = None,
+    ) -> list[tuple[int, float, float]]:
+        """(id, confidence, time) of captures tagged with any of ``words``, most confident first."""
+        words = sorted({w for w in words if w})
+        if not words:
+            return []
+        where, args = filter_sql(source, since, until, table="c")
+        cond = f"{where} AND" if where else "WHERE"
+        rows = self.connection().execute(
+            f"""SELECT t.capture_id, max(t.p) AS p, c.time FROM capture_tags t
+                JOIN captures c ON c.id = t.capture_id
+                {cond} t.word IN ({','.join('?' * len(words))})
+                GROUP BY t.capture_id ORDER BY p DESC, c.time DESC LIMIT ?""",
+            (*args, *words, max(0, int(limit))),
+        ).fetchall()
+        return [(int(r[0]), float(r[1]), float(r[2])) for r in rows]
 
     def count(self) -> int:
         return int(self.connection().execute("SELECT captures FROM store_totals WHERE id = 1").fetchone()[0])

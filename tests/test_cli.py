@@ -93,9 +93,10 @@ def test_caption_json_lines(tmp_path: Path) -> None:
     assert [row["image"] for row in rows] == [imgs[0], imgs[2]]
     for row in rows:
         assert row["caption"] and isinstance(row["score"], float) and row["beams"]
+    assert [row["tags"][0]["word"] for row in rows] == ["cat", "fox"]
     assert "bad.jpg" in r.stderr and "Traceback" not in r.stderr
     r = edgecap(tmp_path, "caption", "--beam", "1", str(SAMPLES / "cat_chelsea.jpg"))
-    assert r.returncode == 0 and r.stdout.count("\t") == 2
+    assert r.returncode == 0 and r.stdout.count("\t") == 3 and "\t[cat 0." in r.stdout
 
 
 @needs_models

@@ -265,7 +265,7 @@ def test_http_api_with_projected_image_vectors(tmp_path: Path) -> None:
         for i, (name, _, _, _) in enumerate(CAPTURES):
             img = Image.open(SAMPLES / name).convert("RGB")
             c = pipe.caption(img)
-            ids.append(pipe.save(img, c, pipe.embed([c.text])[0], source="samples", original_path=name, time=T0 + i))
+            ids.append(pipe.save(img, c, pipe.embed([c])[0], source="samples", original_path=name, time=T0 + i))
         assert {len(r[0]) for r in store.connection().execute("SELECT vector FROM image_vectors")} == {384}
         app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, cap, emb)
         with running(app) as url:

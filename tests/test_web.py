@@ -574,10 +574,9 @@ def test_1000_bad_requests_no_5xx_no_tracebacks(store):
         model_id = "fuzz-stand-in"
 
         def caption(self, image, beam_width=3):
-            from types import SimpleNamespace
-            return SimpleNamespace(text="something", score=-1.0, words=["something"],
-                                   attention=np.full((1, 7, 7), 1 / 49, np.float32),
-                                   beams=[{"text": "something", "score": -1.0}], image_vector=None)
+            from device.captioner import Caption
+            return Caption("something", -1.0, ["something"], np.full((1, 7, 7), 1 / 49, np.float32),
+                           [{"text": "something", "score": -1.0}])
 
     app = create_app(WebSettings(password_hash=PW_HASH, max_upload_bytes=200_000, max_login_failures=10**6),
                      store, OneWordCaptioner(), None)

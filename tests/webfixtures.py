@@ -61,12 +61,11 @@ class PixelCaptioner:
     model_id = "pixel-test"
 
     def caption(self, image: Image.Image, beam_width: int = 3) -> Any:
-        from types import SimpleNamespace
+        from device.captioner import Caption
 
         words = ["a", "photo"]
-        return SimpleNamespace(text="a photo", score=-1.0, words=words,
-                               attention=attention_for(len(words), (3, 3)),
-                               beams=[{"text": "a photo", "score": -1.0}], image_vector=pixel_vector(image))
+        return Caption("a photo", -1.0, words, attention_for(len(words), (3, 3)),
+                       [{"text": "a photo", "score": -1.0}], image_vector=pixel_vector(image))
 
 
 def add_sample(store: Store, i: int, *, time: float | None = None, embedder: Any = None,

@@ -151,6 +151,7 @@ def caption_json(c: Any, model_id: str | None) -> dict[str, Any]:
         "caption": c.text,
         "score": params._num(c.score),
         "words": [str(w) for w in c.words],
+        "tags": [t.to_dict() for t in c.tags],
         "attention": params.attention_lists(c.attention),
         "beams": [{"text": b["text"], "score": params._num(b["score"])} for b in c.beams],
         "model": model_id,
@@ -173,16 +174,15 @@ def api_caption():
     out = caption_json(cap, model_id)
     out["took_ms"] = round(took, 1)
     if _truthy(request.form.get("keep")):
-        embedding = None
-        if st.embedder is not None:
-            try:
-                embedding = st.embedder.embed([cap.text])[0]
-            except Exception:  # still keep the photo: keyword search finds it, re-embedding can follow
-                log.warning("upload: the text embedder failed; stored without an embedding", exc_info=True)
         from device.daemon import Pipeline  # the one place that maps a caption onto a stored row
+        pipeline = Pipeline(st.store, st.captioner, st.embedder)
         try:
-            cid = Pipeline(st.store, st.captioner, None).save(img, cap, embedding, source="upload",
-                                                              original_path=None, time=time.time())
+            (embedding,) = pipeline.embed([cap])
+        except Exception:  # still keep the photo: keyword search finds it, re-embedding can follow
+            log.warning("upload: the text embedder failed; stored without an embedding", exc_info=True)
+            embedding = None
+        try:
+            cid = pipeline.save(img, cap, embedding, source="upload", original_path=None, time=time.time())
         except StoreFullError:
             return jsonify({"error": "the device's disk is full; the photo was not kept", "status": 507}), 507
         out["capture"] = params.capture_json(st.store.get(cid) or {"id": cid})

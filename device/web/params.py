@@ -148,6 +148,7 @@ def capture_json(c: Mapping[str, Any], *, full: bool = False) -> dict[str, Any]:
         "id": cid,
         "caption": c.get("caption") or "",
         "score": _num(c.get("score")),
+        "tags": [{"word": t["word"], "p": _num(t["p"], 3)} for t in c.get("tags") or []],
         "time": c.get("time_iso") or iso_time(ts),
         "timestamp": _num(ts, 3),
         "source": c.get("source"),

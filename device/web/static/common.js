@@ -36,6 +36,8 @@ const edgecap = (() => {
     img.src = c.thumb_url;
     img.alt = c.caption;
     a.querySelector(".cap").textContent = c.caption;
+    // object tags: what the ImageNet head saw, even where the caption is wrong
+    a.querySelector(".tags").textContent = (c.tags || []).map((t) => t.word).join(" · ");
     const t = a.querySelector("time");
     t.dateTime = c.time || "";
     t.textContent = formatTime(c.time);
