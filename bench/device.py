@@ -1,7 +1,7 @@
 """Device benchmark: `python -m bench.device` prints a table and saves bench/results/device.json.
 
-For each captioner set in models/: encoder ms, decoder ms per step (beam 1 and 3), caption ms (greedy and
-beam 3); then `edgecap ingest` images per second end to end over the Flickr8k test split (JPEG decode,
+For each captioner set in models/: encoder ms, decoder ms per step (beam 1 and 3), object tags ms, caption
+ms (greedy and beam 3, tags and the tag bonus included, as on the device); then `edgecap ingest` images per second end to end over the Flickr8k test split (JPEG decode,
 captioning, embedding, thumbnails, SQLite), in-process (the ingest loop) and as the real command.
 Numbers are medians; the machine and its load average are recorded with them.
 """
@@ -47,13 +47,17 @@ def model_timings(set_dir: Path, threads: int, repeats: int) -> dict[str, float]
     same Captioner the device uses (so the numbers include the Python glue around each invoke)."""
     from device.captioner import Captioner
     from device.preprocess import load_image, to_model_input
+    from device.tagger import load_tagger
 
-    cap = Captioner.load(set_dir, num_threads=threads)
+    cap = Captioner.load(set_dir, num_threads=threads, tagger=load_tagger(set_dir.parent))
     images = [load_image(p) for p in sorted((ROOT / "device" / "samples").glob("*.jpg"))]
     pixels = to_model_input(images[0])  # already 224x224: encode() does not resize again
     out: dict[str, float] = {"encoder_ms": median_ms(lambda: cap.encode(pixels), repeats)}
 
     features = cap.encode(pixels)
+    if cap.tagger:
+        pooled = features[0].mean(axis=0)
+        out["tags_ms"] = median_ms(lambda: cap.tagger.tag(pooled), repeats * 4)
     values, keys, h = cap.decoder_model.init(features)
     for beams in (1, 3):
         tokens = np.full([beams], cap.special.start, np.int32)
@@ -192,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
         "threads": args.threads, "models": {},
     }
-    print(f"{'set':<22}{'encoder ms':>11}{'step ms b1':>11}{'step ms b3':>11}{'greedy ms':>11}{'beam3 ms':>10}")
+    print(f"{'set':<22}{'encoder ms':>11}{'step ms b1':>11}{'step ms b3':>11}{'tags ms':>9}{'greedy ms':>11}"
+          f"{'beam3 ms':>10}")
     for name in sets:
         set_dir = args.models_dir / name
         manifest = json.loads((set_dir / "manifest.json").read_text())
@@ -200,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         row["quantization"] = manifest.get("quantization")
         row["sizes_mb"] = round(sum((manifest.get("sizes") or {}).values()) / 1e6, 2)
         result["models"][name] = row
+        tags = f"{row['tags_ms']:>9.3f}" if "tags_ms" in row else f"{'-':>9}"
         print(f"{name:<22}{row['encoder_ms']:>11.2f}{row['step_ms_beam1']:>11.3f}{row['step_ms_beam3']:>11.3f}"
-              f"{row['caption_ms_greedy']:>11.2f}{row['caption_ms_beam3']:>10.2f}")
+              f"{tags}{row['caption_ms_greedy']:>11.2f}{row['caption_ms_beam3']:>10.2f}")
 
     if (FLICKR / "Flickr_8k.testImages.txt").is_file():
         files = test_images(args.images)

@@ -71,6 +71,8 @@ def beam_search(model: StepModel, features: np.ndarray, special: Special, *, bea
         if word_bias is not None:
             logprobs += word_bias
         logprobs[:, banned] = -np.inf
+        if t == 0:  # a caption has at least one word
+            logprobs[:, special.end] = -np.inf
         if t == max_len:  # out of room: every live hypothesis must end now
             logprobs[:, :] = -np.inf
             logprobs[:, special.end] = 0.0

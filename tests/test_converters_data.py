@@ -1,12 +1,21 @@
-"""The Flickr8k reader: both layouts, the standard split, clear errors, vocabulary."""
+"""The dataset readers: Flickr8k in both layouts, the COCO subset, combining them, clear errors, vocabulary."""
 import shutil
 from pathlib import Path
 
 import pytest
 
-from converters.data import DatasetError, Vocab, load_dataset, normalize
+from converters.data import (
+    DatasetError,
+    Vocab,
+    combine,
+    load_coco,
+    load_dataset,
+    load_training_data,
+    normalize,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_flickr"
+COCO = Path(__file__).parent / "fixtures" / "tiny_coco"
 
 
 def original_layout(tmp_path: Path) -> Path:
@@ -73,3 +82,32 @@ def test_normalize_and_vocabulary():
     assert vocab.words[4:] == ["a", "dog"]
     ids = vocab.encode(["a", "cat", "dog", "runs"], max_len=3)
     assert [vocab.words[i] for i in ids] == ["<start>", "a", "<unk>", "dog", "<end>"]
+
+
+def test_coco_layout_trains_on_train_and_restval_and_selects_on_val():
+    coco = load_coco(COCO)
+    assert coco.name == "coco" and len(coco.captions) == 4
+    assert coco.splits == {"train": ["000000000001.jpg", "000000000002.jpg", "000000000003.jpg"],
+                           "dev": ["000000000004.jpg"], "test": []}
+    assert coco.image_path("000000000004.jpg").is_file()
+
+
+def test_combined_data_keeps_each_dev_split_and_finds_every_image():
+    both = load_training_data(FIXTURE, COCO)
+    flickr = load_dataset(FIXTURE)
+    assert both.splits["train"] == flickr.splits["train"] + load_coco(COCO).splits["train"]
+    assert both.dev_sets() == {"flickr8k": flickr.splits["dev"], "coco": ["000000000004.jpg"]}
+    assert all(both.image_path(n).is_file() for n in both.captions)
+    assert load_training_data(FIXTURE, None).dev_sets() == {"flickr8k": flickr.splits["dev"]}
+    with pytest.raises(DatasetError, match="also in another dataset"):
+        combine(flickr, flickr)
+
+
+def test_garbled_coco_captions_are_a_clear_error(tmp_path):
+    shutil.copytree(COCO, tmp_path / "coco")
+    (tmp_path / "coco" / "captions.json").write_text('[{"image": "x.jpg"}]')
+    with pytest.raises(DatasetError, match=r"captions.json: expected a list"):
+        load_coco(tmp_path / "coco")
+    (tmp_path / "coco" / "captions.json").write_text("not json")
+    with pytest.raises(DatasetError, match=r"captions.json: expected a list"):
+        load_coco(tmp_path / "coco")

@@ -1,5 +1,6 @@
-"""The whole converters pipeline on the committed dozen-image fixture: features, one epoch, export of
-every variant, evaluation, and decoding through the exported TFLite files with the device code."""
+"""The whole converters pipeline on the committed dozen-image fixture (plus four photos in the COCO
+subset's layout): features, one epoch, export of every variant, evaluation, and decoding through the
+exported TFLite files with the device code."""
 import json
 import os
 import subprocess
@@ -13,13 +14,15 @@ pytest.importorskip("pycocoevalcap")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_flickr"
+COCO = ROOT / "tests" / "fixtures" / "tiny_coco"
 SETS = ("captioner-int8", "captioner-4bit", "captioner-float")
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
-    cmd = [sys.executable, "-m", "converters", "all", "--data", str(FIXTURE), "--work", str(tmp / "work"),
+    cmd = [sys.executable, "-m", "converters", "all", "--data", str(FIXTURE), "--coco", str(COCO),
+           "--work", str(tmp / "work"),
            "--models", str(tmp / "models"), "--report", str(tmp / "report.json"),
            "--encoder-weights", "none", "--epochs", "1", "--min-count", "2", "--max-len", "12",
            "--images-per-batch", "4", "--calibration", "4"]
@@ -35,8 +38,11 @@ def test_training_leaves_checkpoint_history_and_curves(pipeline):
     state = json.loads((work / "train_state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == [1]
     assert state["history"][0]["train_loss"] > 0
+    assert set(state["history"][0]["dev"]) == {"flickr8k", "coco"}  # selected on both dev splits
     assert (work / "best.weights.h5").is_file() and (work / "training_curves.png").is_file()
-    assert (work / "features.done").read_text() == "12"
+    assert (work / "features.done").read_text() == "16"
+    vocab = json.loads((work / "vocab.json").read_text())
+    assert "tabby" in vocab  # only the COCO-layout captions say it (twice)
 
 
 def test_every_variant_is_exported_with_a_manifest(pipeline):
@@ -60,11 +66,15 @@ def test_every_variant_is_exported_with_a_manifest(pipeline):
 def test_evaluation_report_scores_every_set_and_the_keras_model(pipeline):
     tmp, run = pipeline
     report = json.loads((tmp / "report.json").read_text())
-    assert set(report["sets"]) == set(SETS) | {"keras-float"}
-    for metrics in report["sets"].values():
+    sets = report["results"]["flickr8k_test"]["sets"]
+    assert set(report["results"]) == {"flickr8k_test"}  # the COCO subset has no test split
+    assert set(sets) == set(SETS) | {"keras-float"}
+    for metrics in sets.values():
         assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "gender_error_rate", "distinct_words"} <= set(metrics)
-    assert report["sets"]["captioner-int8"]["ms_per_caption"] > 0
-    assert report["length_penalty"]["chosen"] in (0.0, 0.3, 0.5, 0.7, 1.0)
+    assert sets["captioner-int8"]["ms_per_caption"] > 0
+    chosen = report["decoding"]["chosen"]
+    assert chosen["length_penalty"] in (0.0, 0.3, 0.5, 0.7, 1.0) and chosen["tag_bias"] == 0.0  # no tagger here
+    assert set(next(iter(report["decoding"]["dev"].values()))["dev"]) == {"flickr8k", "coco"}
     assert "| captioner-int8 |" in run.stdout
 
 
