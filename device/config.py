@@ -358,9 +358,10 @@ def to_toml(config: Config) -> str:
             lines.append(f"{f.name} = {_toml_value(value)}")
     for rule in config.alerts:
         lines.append("\n[[alerts]]")
-        for f in dataclasses.fields(rule):
-            value = getattr(rule, f.name)
-            lines.append(f"{f.name} = {_toml_value(redact_url(value) if f.name == 'webhook' else value)}")
+        shown = {"name": rule.name, "query": rule.query, "phrase": rule.phrase,
+                 "min_score": rule.min_score if rule.query else None, "quiet": rule.quiet or None,
+                 "webhook": redact_url(rule.webhook)}
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in shown.items() if v not in ("", None))
     return "\n".join(lines) + "\n"
 
 

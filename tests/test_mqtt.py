@@ -73,9 +73,10 @@ def http_get(url: str, auth: bool = True) -> tuple[int, str, Any]:
 
 @needs_models
 def test_run_publishes_discovery_captures_alerts_and_metrics(tmp_path: Path, broker: Broker) -> None:
+    from PIL import Image
+
     from device.captioner import Captioner
     from device.daemon import run
-    from PIL import Image
 
     # The phrase is what this very model says about one sample photo, so the rule matches that
     # capture (and any other the model describes the same way) whatever the committed model is.
