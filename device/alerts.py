@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from device import textnorm
 from device.config import AlertRule, redact_url
 from device.events import CaptureEvent, iso
@@ -57,13 +59,32 @@ def query_score(store: Any, embedder: Any, query: str, capture: dict[str, Any]) 
     return None
 
 
+class QueryVectors:
+    """The text embedder, remembering the vectors of the rules' queries. They never change, and
+    embedding one costs several times the rest of the scoring (and holds the embedder's lock, which
+    the capture loop needs for every caption)."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.embedder = embedder
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            self._vectors.update(zip(missing, self.embedder.embed(missing)))
+        return np.stack([self._vectors[t] for t in texts])
+
+    def __getattr__(self, name: str) -> Any:  # token_ids, model_id, dim: the embedder's own
+        return getattr(self.embedder, name)
+
+
 class Alerts:
     """The rules, their counters and the recent matches (for the page and /api/alerts)."""
 
     def __init__(self, rules: list[AlertRule], store: Any, embedder: Any, on_match: list[OnMatch]) -> None:
         self.rules = rules
         self.store = store
-        self.embedder = embedder
+        self.embedder = None if embedder is None else QueryVectors(embedder)
         self.on_match = on_match
         self._lock = threading.Lock()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)

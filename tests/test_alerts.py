@@ -288,3 +288,16 @@ def test_prometheus_text_format() -> None:
         "# TYPE g gauge",
         "g NaN",
     ]
+
+
+def test_a_query_is_embedded_once_not_per_capture(tmp_path: Path) -> None:
+    from tests.fakes import BagOfWordsEmbedder
+
+    embedder = BagOfWordsEmbedder()
+    store = fill_store(tmp_path / "data", embedder=embedder)
+    before = embedder.calls
+    alerts = Alerts([AlertRule(name="cat", query="a cat in a box", min_score=0.0)], store, embedder, [])
+    for cid in range(1, 8):
+        alerts.check(event_for(store, cid))
+    assert embedder.calls - before == 1
+    assert alerts.status()["rules"][0]["matches"] >= 1  # "a cat sleeps in a cardboard box" shares words
