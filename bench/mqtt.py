@@ -1,14 +1,18 @@
 """Captioning throughput with MQTT (and alert rules) on versus off.
 
-    python -m bench.mqtt [--frames 60] [--rounds 5] [--threads 2]
+    python -m bench.mqtt [--block 10] [--cycles 30] [--threads 2]
 
 Each frame goes through the daemon's own Pipeline (caption with beam 3, embed, store: JPEG, thumbnail,
 SQLite) from the bundled sample photos resized to 1280x720, like a camera's frames. "mqtt" adds the
 event queue and the publisher to a real Mosquitto broker (started here, like the tests do; Debian's
 `mosquitto`), with Home Assistant discovery, each capture's JSON and thumbnail; "mqtt+alerts" also
-checks three alert rules (two queries scored by search, one phrase) per capture. Modes alternate
-within each round so that other load on the machine hits them alike; the median round counts. A
-subscriber checks every capture arrived. Saves bench/results/mqtt.json.
+checks three alert rules (two queries scored by search, one phrase) per capture.
+
+The modes take turns in short blocks of frames (order rotating each cycle), so that other load on
+the machine hits them alike. The publishing threads work while the block's frames are captioned;
+after each block, untimed, they finish what is left, so no mode's work spills into the next block.
+Throughput is all frames over all timed seconds per mode; the per-cycle ratios to "off" give the
+spread. A subscriber checks that every capture arrived. Saves bench/results/mqtt.json.
 """
 from __future__ import annotations
 
@@ -63,22 +67,27 @@ def setup(mode: str, work: Path, broker_port: int, threads: int) -> dict[str, An
         assert wait_until(lambda: events.mqtt.connected, 10), "cannot connect to the broker"
     pipeline = Pipeline(store, captioner, embedder, cfg.model.beam_width,
                         on_saved=events.hub.submit if events else None)
-    return {"cfg": cfg, "store": store, "events": events, "pipeline": pipeline, "rates": [], "stored": 0}
+    return {"cfg": cfg, "store": store, "events": events, "pipeline": pipeline, "seconds": [], "stored": 0}
 
 
-def timed_round(state: dict[str, Any], images: list[Image.Image], n: int, t0: float) -> float:
+def timed_block(state: dict[str, Any], images: list[Image.Image], n: int, t0: float) -> float:
+    """Seconds to process n frames; then (untimed) waits until the outputs have handled them."""
     start = time.perf_counter()
     for i in range(n):
-        state["pipeline"].process(Frame(images[i % len(images)], "bench", None, t0 + state["stored"] + i))
+        state["pipeline"].process(Frame(images[(state["stored"] + i) % len(images)], "bench", None,
+                                        t0 + state["stored"] + i))
     elapsed = time.perf_counter() - start
     state["stored"] += n
-    return n / elapsed
+    events = state["events"]
+    if events is not None:
+        wait_until(lambda: events.hub.idle() and events.mqtt.queued() == 0, 30, every=0.005)
+    return elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=60, help="frames per mode per round")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block", type=int, default=10, help="frames per mode per turn")
+    ap.add_argument("--cycles", type=int, default=30, help="turns per mode")
     ap.add_argument("--threads", type=int, default=2, help="TFLite threads, as [model] num_threads")
     args = ap.parse_args(argv)
     if mosquitto_binary() is None:
@@ -93,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         states = {m: setup(m, work, broker.port, args.threads) for m in MODES}
         try:
             for m in MODES:  # warm-up: interpreters, caches, the broker connection
-                timed_round(states[m], images, 5, 1.7e9)
-            for r in range(args.rounds):
-                for m in (MODES if r % 2 == 0 else MODES[::-1]):
-                    states[m]["rates"].append(timed_round(states[m], images, args.frames, 1.7e9))
-                    print(f"round {r + 1} {m:12s} {states[m]['rates'][-1]:.2f} captures/s", file=sys.stderr)
+                timed_block(states[m], images, 5, 1.7e9)
+            for c in range(args.cycles):
+                order = MODES[c % len(MODES):] + MODES[:c % len(MODES)]
+                for m in order:
+                    states[m]["seconds"].append(timed_block(states[m], images, args.block, 1.7e9))
+                if (c + 1) % 10 == 0:
+                    print(f"cycle {c + 1}/{args.cycles}", file=sys.stderr)
             delivered: dict[str, Any] = {}
             for m in MODES[1:]:
                 ev, total = states[m]["events"], states[m]["stored"]
@@ -118,21 +129,30 @@ def main(argv: list[str] | None = None) -> int:
                     states[m]["store"].close()
             sub.close()
             broker.stop()
-    median = {m: statistics.median(states[m]["rates"]) for m in MODES}
+    rate = {m: args.block * len(states[m]["seconds"]) / sum(states[m]["seconds"]) for m in MODES}
+    ratios = {m: [off / on for off, on in zip(states["off"]["seconds"], states[m]["seconds"])] for m in MODES[1:]}
     result = {
         "command": "python -m bench.mqtt " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()},
-        "frames_per_round": args.frames, "rounds": args.rounds, "threads": args.threads, "frame_size": [1280, 720],
-        "captures_per_s": {m: {"median": round(median[m], 3), "rounds": [round(x, 3) for x in states[m]["rates"]]}
-                           for m in MODES},
-        "relative_to_off": {m: round(median[m] / median["off"], 4) for m in MODES[1:]},
+        "block": args.block, "cycles": args.cycles, "threads": args.threads, "frame_size": [1280, 720],
+        "captures_per_s": {m: round(rate[m], 3) for m in MODES},
+        "relative_to_off": {m: round(rate[m] / rate["off"], 4) for m in MODES[1:]},
+        "per_cycle_ratio_to_off": {m: {"median": round(statistics.median(r), 4),
+                                       "p25": round(statistics.quantiles(r, n=4)[0], 4),
+                                       "p75": round(statistics.quantiles(r, n=4)[2], 4)}
+                                   for m, r in ratios.items()},
+        "block_seconds": {m: [round(x, 4) for x in states[m]["seconds"]] for m in MODES},
         "delivery": delivered,
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'mode':14s} {'captures/s':>11s} {'vs off':>8s}")
+    print(f"{'mode':14s} {'captures/s':>11s} {'vs off':>8s} {'per-cycle median (p25-p75)':>28s}")
     for m in MODES:
-        print(f"{m:14s} {median[m]:11.2f} {median[m] / median['off']:8.1%}")
+        spread = ""
+        if m != "off":
+            q = result["per_cycle_ratio_to_off"][m]
+            spread = f"{q['median']:.1%} ({q['p25']:.1%}-{q['p75']:.1%})"
+        print(f"{m:14s} {rate[m]:11.2f} {rate[m] / rate['off']:8.1%} {spread:>28s}")
     for m, d in delivered.items():
         print(f"{m}: {d['captures_received']}/{d['captures_stored']} captures received by a subscriber, "
               f"{d['alerts_received']} alerts, {d['dropped']} dropped")

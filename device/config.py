@@ -23,7 +23,7 @@ SOURCES = ("auto", "picamera2", "usb", "jetson", "stream", "folder", "samples")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # An alert query's threshold on search()'s rank_score; with the default models that is mostly the
 # query's similarity to the image (docs/homeassistant.md says how to pick one).
-DEFAULT_MIN_SCORE = 0.3
+DEFAULT_MIN_SCORE = 0.15
 ALERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]{0,63}")
 
 
