@@ -12,7 +12,9 @@ The modes take turns in short blocks of frames (order rotating each cycle), so t
 the machine hits them alike. The publishing threads work while the block's frames are captioned;
 after each block, untimed, they finish what is left, so no mode's work spills into the next block.
 Throughput is all frames over all timed seconds per mode; the per-cycle ratios to "off" give the
-spread. A subscriber checks that every capture arrived. Saves bench/results/mqtt.json.
+spread. The process's CPU seconds per capture (all threads, publishing included) are reported too:
+on a shared machine they are the steadier measure of what MQTT costs. A subscriber checks that every
+capture arrived. Saves bench/results/mqtt.json.
 """
 from __future__ import annotations
 
@@ -67,12 +69,13 @@ def setup(mode: str, work: Path, broker_port: int, threads: int) -> dict[str, An
         assert wait_until(lambda: events.mqtt.connected, 10), "cannot connect to the broker"
     pipeline = Pipeline(store, captioner, embedder, cfg.model.beam_width,
                         on_saved=events.hub.submit if events else None)
-    return {"cfg": cfg, "store": store, "events": events, "pipeline": pipeline, "seconds": [], "stored": 0}
+    return {"cfg": cfg, "store": store, "events": events, "pipeline": pipeline, "seconds": [], "cpu_seconds": [], "stored": 0}
 
 
-def timed_block(state: dict[str, Any], images: list[Image.Image], n: int, t0: float) -> float:
-    """Seconds to process n frames; then (untimed) waits until the outputs have handled them."""
-    start = time.perf_counter()
+def timed_block(state: dict[str, Any], images: list[Image.Image], n: int, t0: float) -> None:
+    """Process n frames: wall seconds until the last is stored; then (untimed) wait until the outputs
+    have handled them. CPU seconds of the whole process (all threads) cover both."""
+    cpu0, start = time.process_time(), time.perf_counter()
     for i in range(n):
         state["pipeline"].process(Frame(images[(state["stored"] + i) % len(images)], "bench", None,
                                         t0 + state["stored"] + i))
@@ -81,7 +84,8 @@ def timed_block(state: dict[str, Any], images: list[Image.Image], n: int, t0: fl
     events = state["events"]
     if events is not None:
         wait_until(lambda: events.hub.idle() and events.mqtt.queued() == 0, 30, every=0.005)
-    return elapsed
+    state["seconds"].append(elapsed)
+    state["cpu_seconds"].append(time.process_time() - cpu0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for m in MODES:  # warm-up: interpreters, caches, the broker connection
                 timed_block(states[m], images, 5, 1.7e9)
+                states[m]["seconds"].clear()
+                states[m]["cpu_seconds"].clear()
             for c in range(args.cycles):
                 order = MODES[c % len(MODES):] + MODES[:c % len(MODES)]
                 for m in order:
-                    states[m]["seconds"].append(timed_block(states[m], images, args.block, 1.7e9))
+                    timed_block(states[m], images, args.block, 1.7e9)
                 if (c + 1) % 10 == 0:
                     print(f"cycle {c + 1}/{args.cycles}", file=sys.stderr)
             delivered: dict[str, Any] = {}
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.close()
             broker.stop()
     rate = {m: args.block * len(states[m]["seconds"]) / sum(states[m]["seconds"]) for m in MODES}
+    cpu = {m: sum(states[m]["cpu_seconds"]) / (args.block * len(states[m]["cpu_seconds"])) for m in MODES}
     ratios = {m: [off / on for off, on in zip(states["off"]["seconds"], states[m]["seconds"])] for m in MODES[1:]}
     result = {
         "command": "python -m bench.mqtt " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -142,17 +149,22 @@ def main(argv: list[str] | None = None) -> int:
                                        "p25": round(statistics.quantiles(r, n=4)[0], 4),
                                        "p75": round(statistics.quantiles(r, n=4)[2], 4)}
                                    for m, r in ratios.items()},
+        # CPU time of the whole process per capture: other load on the machine barely moves it
+        "cpu_ms_per_capture": {m: round(cpu[m] * 1000, 2) for m in MODES},
+        "cpu_relative_to_off": {m: round(cpu[m] / cpu["off"], 4) for m in MODES[1:]},
         "block_seconds": {m: [round(x, 4) for x in states[m]["seconds"]] for m in MODES},
         "delivery": delivered,
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'mode':14s} {'captures/s':>11s} {'vs off':>8s} {'per-cycle median (p25-p75)':>28s}")
+    print(f"{'mode':14s} {'captures/s':>11s} {'vs off':>8s} {'per-cycle median (p25-p75)':>28s} "
+          f"{'CPU ms/capture':>15s} {'vs off':>8s}")
     for m in MODES:
         spread = ""
         if m != "off":
             q = result["per_cycle_ratio_to_off"][m]
             spread = f"{q['median']:.1%} ({q['p25']:.1%}-{q['p75']:.1%})"
-        print(f"{m:14s} {rate[m]:11.2f} {rate[m] / rate['off']:8.1%} {spread:>28s}")
+        print(f"{m:14s} {rate[m]:11.2f} {rate[m] / rate['off']:8.1%} {spread:>28s} "
+              f"{cpu[m] * 1000:15.1f} {cpu[m] / cpu['off']:8.1%}")
     for m, d in delivered.items():
         print(f"{m}: {d['captures_received']}/{d['captures_stored']} captures received by a subscriber, "
               f"{d['alerts_received']} alerts, {d['dropped']} dropped")

@@ -301,3 +301,47 @@ def test_a_query_is_embedded_once_not_per_capture(tmp_path: Path) -> None:
         alerts.check(event_for(store, cid))
     assert embedder.calls - before == 1
     assert alerts.status()["rules"][0]["matches"] >= 1  # "a cat sleeps in a cardboard box" shares words
+
+
+def test_alerts_page_in_a_real_browser(tmp_path: Path) -> None:
+    """Headless Chromium: log in, follow the nav link to Alerts, see the rule, its count and the
+    matches with their thumbnails; no console errors (CSP included)."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("apt-get install chromium")
+    from device.web.settings import WebSettings
+
+    store = fill_store(tmp_path / "data")
+    alerts = Alerts([AlertRule(name="cats", phrase="cat", quiet=0),
+                     AlertRule(name="door", query="a person at the door", min_score=0.5,
+                               webhook="http://ha.lan:8123/api/webhook/secret-id")], store, None, [])
+    for cid in range(1, 8):
+        alerts.check(event_for(store, cid))
+    app = create_app(WebSettings(password=PASSWORD, data_dir=tmp_path / "data"), store, alerts=alerts)
+    problems: list[str] = []
+    with running(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.on("console", lambda m: problems.append(m.text)
+                if m.type == "error" and "status of 401" not in m.text else None)
+        page.goto(url + "/alerts")
+        page.fill("#password", PASSWORD)
+        page.click("form.login button[type=submit]")
+        expect = sync_api.expect
+        rows = page.locator("#rules tbody tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0)).to_contain_text("the caption says “cat”")
+        expect(rows.nth(0).locator("td").nth(4)).to_have_text("3")
+        expect(rows.nth(1)).to_contain_text("http://ha.lan:8123/...")
+        cards = page.locator("#matches .card")
+        expect(cards).to_have_count(3)
+        expect(cards.first.locator(".cap")).to_have_text("a cat sleeps in a cardboard box")  # newest first
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert "secret-id" not in page.content()
+        cards.first.click()
+        expect(page.locator("h1.caption")).to_have_text("a cat sleeps in a cardboard box")
+        browser.close()
+    assert problems == []
