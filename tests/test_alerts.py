@@ -345,3 +345,38 @@ def test_alerts_page_in_a_real_browser(tmp_path: Path) -> None:
         expect(page.locator("h1.caption")).to_have_text("a cat sleeps in a cardboard box")
         browser.close()
     assert problems == []
+
+
+def test_mqtt_start_up_problems_are_one_clear_message(tmp_path: Path) -> None:
+    from device.config import load_config
+    from device.events import EventsError, start_events
+    from device.metrics import Registry
+
+    cfg = load_config(env={}, overrides={"data_dir": str(tmp_path / "data"), "mqtt": {
+        "enabled": True, "host": "127.0.0.1", "tls": True, "ca_file": str(tmp_path / "missing-ca.pem")}})
+    store = fill_store(tmp_path / "data")
+    with pytest.raises(EventsError, match=r"\[mqtt\] ca_file .*missing-ca.pem does not exist"):
+        start_events(cfg, store, None, Registry())
+    (tmp_path / "garbled-ca.pem").write_text("not a certificate")
+    cfg.mqtt.ca_file = str(tmp_path / "garbled-ca.pem")
+    with pytest.raises(EventsError, match=r"\[mqtt\] cannot use ca_file"):
+        start_events(cfg, store, None, Registry())
+    # neither [mqtt] nor [[alerts]]: nothing is started, the capture loop gets no callback
+    assert start_events(load_config(env={}), store, None, Registry()) is None
+
+
+@pytest.mark.skipif(not (MODELS / "captioner-int8" / "manifest.json").is_file(), reason="models not built yet")
+def test_edgecap_run_with_a_bad_mqtt_ca_file_stops_with_the_reason(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[camera]\nsource = "samples"\n[model]\nnum_threads = 1\n'
+                   f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\ntls = true\nca_file = "{tmp_path}/nope.pem"\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGECAP_MODELS_DIR": str(MODELS)}
+    env.pop("EDGECAP_CONFIG", None)
+    p = subprocess.run([sys.executable, "-m", "device", "--data-dir", str(tmp_path / "data"), "--config", str(cfg),
+                        "run", "--no-web"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "[mqtt] ca_file" in p.stderr and "does not exist" in p.stderr
+    assert "Traceback" not in p.stderr
