@@ -53,6 +53,56 @@ def _version() -> str:
         return "dev"
 
 
+def broker_port(config: MqttConfig) -> int:
+    return config.port or (8883 if config.tls else 1883)
+
+
+def make_client(config: MqttConfig, client_id: str) -> Any:
+    """A paho client with the configured credentials, TLS and reconnect back-off. Raises MqttError."""
+    try:
+        import paho.mqtt.client as paho
+    except ImportError as e:
+        raise MqttError("[mqtt] enabled needs the paho-mqtt package: pip install paho-mqtt") from e
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+    if config.username:
+        client.username_pw_set(config.username, config.password or None)
+    if config.tls:
+        if config.ca_file and not Path(config.ca_file).is_file():
+            raise MqttError(f"[mqtt] ca_file {config.ca_file} does not exist")
+        try:
+            client.tls_set(ca_certs=config.ca_file or None)
+        except (OSError, ValueError) as e:
+            raise MqttError(f"[mqtt] cannot use ca_file {config.ca_file}: {e}") from e
+    client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+    return client
+
+
+def probe(config: MqttConfig, device_id: str, timeout: float = 5.0) -> str:
+    """Connect once and disconnect: "" when the broker accepts us, else what went wrong. Uses its own
+    client id, so that it does not push the running service off the broker."""
+    client = make_client(config, f"edgecap-{device_id}-check")
+    answer: list[str] = []
+    done = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        answer.append(f"the broker refused the connection: {reason}" if reason.is_failure else "")
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(config.host, broker_port(config), keepalive=10)
+    except (OSError, ValueError) as e:
+        return f"cannot connect to {config.host}:{broker_port(config)}: {e}"
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            return f"no answer from {config.host}:{broker_port(config)} within {timeout:g} s"
+        return answer[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class MqttPublisher:
     def __init__(self, config: MqttConfig, device_id: str, page_url: str, rule_names: list[str]) -> None:
         self.config = config
@@ -145,37 +195,18 @@ class MqttPublisher:
 
     # -- the connection ----------------------------------------------------------------------------------
 
-    def _make_client(self) -> Any:
-        try:
-            import paho.mqtt.client as paho
-        except ImportError as e:
-            raise MqttError("[mqtt] enabled needs the paho-mqtt package: pip install paho-mqtt") from e
-        cfg = self.config
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"edgecap-{self.device_id}",
-                             protocol=paho.MQTTv311)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password or None)
-        if cfg.tls:
-            if cfg.ca_file and not Path(cfg.ca_file).is_file():
-                raise MqttError(f"[mqtt] ca_file {cfg.ca_file} does not exist")
-            try:
-                client.tls_set(ca_certs=cfg.ca_file or None)
-            except (OSError, ValueError) as e:
-                raise MqttError(f"[mqtt] cannot use ca_file {cfg.ca_file}: {e}") from e
+    def start(self) -> None:
+        """Connect in the background (the broker may come later) and start the publishing thread."""
+        client = make_client(self.config, f"edgecap-{self.device_id}")
         client.will_set(self.topics["availability"], b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        return client
-
-    def start(self) -> None:
-        """Connect in the background (the broker may come later) and start the publishing thread."""
-        self._client = self._make_client()
-        port = self.config.port or (8883 if self.config.tls else 1883)
-        self._client.connect_async(self.config.host, port, keepalive=self.config.keepalive)
-        self._client.loop_start()
+        self._client = client
+        port = broker_port(self.config)
+        client.connect_async(self.config.host, port, keepalive=self.config.keepalive)
+        client.loop_start()
         self._thread = threading.Thread(target=self._run, name="edgecap-mqtt", daemon=True)
         self._thread.start()
         log.info("mqtt: publishing to %s:%d under %s/", self.config.host, port, self.base)

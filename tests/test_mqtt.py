@@ -292,3 +292,23 @@ def test_tls_with_the_brokers_own_ca(tmp_path: Path, caplog) -> None:
         trusted.stop(timeout=0.5)
         untrusted.stop(timeout=0.5)
         broker.stop()
+
+
+def test_doctor_logs_in_to_the_broker(broker: Broker) -> None:
+    import io
+
+    from device.doctor import Report, check_mqtt
+
+    def check(**mqtt) -> tuple[bool, str]:
+        out = io.StringIO()
+        r = Report(out)
+        check_mqtt(r, load_config(env={}, overrides={"mqtt": {**mqtt_section(broker.port), **mqtt}}))
+        return r.failed, out.getvalue()
+
+    failed, text = check()
+    assert not failed and f"logged in to 127.0.0.1:{broker.port} as edgecap" in text
+    failed, text = check(password="wrong")
+    assert failed and "refused the connection: Not authorized" in text and "-> check [mqtt]" in text
+    failed, text = check(port=free_port())  # nothing listens there
+    assert failed and "cannot connect to 127.0.0.1" in text
+    assert "edgecap-cam1-check" in broker.log()  # its own client id: the running service stays connected
