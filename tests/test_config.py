@@ -192,3 +192,14 @@ def test_mqtt_and_alerts_mistakes(tmp_path: Path, text: str, words: list[str]) -
         load_config(write(tmp_path, text), env={})
     for w in words:
         assert w in str(e.value)
+
+
+def test_home_assistant_doc_examples_load(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "homeassistant.md").read_text()
+    blocks = text.split("```toml")[1:]
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        cfg = load_config(write(tmp_path, block[: block.index("```")]), env={})
+        assert cfg.alerts, f"toml example {i + 1} has no alert rule"
+    first = load_config(write(tmp_path, blocks[0][: blocks[0].index("```")]), env={})
+    assert first.mqtt.enabled and first.mqtt.device_id == "frontdoor" and len(first.alerts) == 2
