@@ -161,6 +161,25 @@ def test_run_publishes_discovery_captures_alerts_and_metrics(tmp_path: Path, bro
     assert alerts_page[0] == 200 and "same as the cat" in alerts_page[1] and phrase in alerts_page[1]
 
 
+@needs_models
+def test_capturing_goes_on_while_the_broker_is_unreachable(tmp_path: Path, caplog) -> None:
+    from device.daemon import run
+
+    cfg = load_config(env={}, overrides={
+        "data_dir": str(tmp_path / "data"), "models_dir": str(MODELS), "camera": {"source": "samples"},
+        "model": {"num_threads": 1, "embedder": "none"}, "mqtt": mqtt_section(free_port(), queue_size=4),
+    })
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(run(cfg, web=False)))
+    t.start()
+    t.join(120)
+    assert not t.is_alive() and done[0].stored == 9 and done[0].errors == 0
+    with sqlite3.connect(tmp_path / "data" / "edgecap.db") as db:
+        assert db.execute("SELECT count(*) FROM captures").fetchone()[0] == 9
+    assert "message(s) not sent before stopping" in caplog.text  # said, not hidden
+    assert "Traceback" not in caplog.text
+
+
 # ------------------------------------------------------------------------------------- broker restarts
 
 def test_broker_restart_loses_nothing_queued(broker: Broker) -> None:
