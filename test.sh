@@ -6,9 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages: headless Chromium for the browser test, shellcheck and systemd-analyze for the
-# install checks, Java for METEOR. Only installed when missing and we are root.
+# install checks, Java for METEOR, Mosquitto (a real MQTT broker) and openssl (its TLS certificates)
+# for the MQTT tests. Only installed when missing and we are root.
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v java >/dev/null || missing+=(default-jre-headless)

@@ -8,17 +8,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 SYSTEM_CONFIG = Path("/etc/edgecap/config.toml")
 
 SOURCES = ("auto", "picamera2", "usb", "jetson", "stream", "folder", "samples")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# An alert query's threshold on search()'s rank_score; with the default models that is mostly the
+# query's similarity to the image (docs/homeassistant.md says how to pick one).
+DEFAULT_MIN_SCORE = 0.15
+ALERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -94,8 +100,40 @@ class WebConfig:
     password_hash: str = _f("")
     max_upload_mb: float = _f(10.0, min=0.1)
     secret_key: str = _f("")
+    # The page's address as others reach it, for the links in MQTT messages and webhooks;
+    # "" = http://<this host's name>:<port>
+    public_url: str = _f("")
     # Only from EDGECAP_PASSWORD (never from the file): a plain password the web app may hash at start.
     password: str = field(default="", repr=False, metadata={"env_only": True})
+
+
+@dataclass
+class MqttConfig:
+    enabled: bool = _f(False)
+    host: str = _f("localhost")
+    port: int = _f(0, min=0, max=65535)  # 0 = 1883, or 8883 with tls
+    username: str = _f("")
+    password: str = _f("", secret=True)  # or EDGECAP_MQTT_PASSWORD
+    tls: bool = _f(False)
+    ca_file: str = _f("")  # PEM CA certificate of a broker with its own CA; "" = the system's CAs
+    device_id: str = _f("")  # names the topics and the Home Assistant device; "" = the host name
+    topic_prefix: str = _f("edgecap")  # topics are <topic_prefix>/<device_id>/...
+    discovery: bool = _f(True)  # Home Assistant MQTT discovery
+    discovery_prefix: str = _f("homeassistant")
+    queue_size: int = _f(1000, min=1, max=100_000)  # messages kept while the broker is away
+    keepalive: int = _f(60, min=5, max=3600)
+
+
+@dataclass
+class AlertRule:
+    """One [[alerts]] table: a query scored like search (or a literal phrase) -> event + webhook."""
+
+    name: str = _f("")
+    query: str = _f("")  # scored by the search ranking; matches when the score >= min_score
+    phrase: str = _f("")  # matches when the caption contains these words in this order
+    min_score: float = _f(DEFAULT_MIN_SCORE, min=0.0, max=100.0)
+    quiet: float = _f(0.0, min=0.0)  # seconds after a match during which the rule stays silent
+    webhook: str = _f("")  # http(s) URL that gets each match as a JSON POST
 
 
 @dataclass
@@ -112,7 +150,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    alerts: list[AlertRule] = field(default_factory=list)  # [[alerts]] tables
     path: Path | None = field(default=None, metadata={"internal": True})  # the file it came from
 
     def section_names(self) -> list[str]:
@@ -164,6 +204,8 @@ def _apply(config: Config, data: Mapping[str, Any], origin: str) -> None:
             if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
                 raise ConfigError(f"{origin}: {key}: must be a non-empty path string, got {value!r}")
             setattr(config, key, Path(os.path.expanduser(str(value))))
+        elif key == "alerts":
+            config.alerts = _alert_rules(value, origin)
         elif key in sections:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{origin}: [{key}] must be a table (a [{key}] section), got {value!r}")
@@ -176,7 +218,38 @@ def _apply(config: Config, data: Mapping[str, Any], origin: str) -> None:
                     raise ConfigError(f"{origin}: unknown key [{key}] {k}" + _suggest(k, sorted(fields)))
                 setattr(section, k, _coerce(f"{origin}: [{key}] {k}", fields[k], v))
         else:
-            raise ConfigError(f"{origin}: unknown key {key}" + _suggest(key, [*_TOP_PATHS, *sections]))
+            raise ConfigError(f"{origin}: unknown key {key}" + _suggest(key, [*_TOP_PATHS, *sections, "alerts"]))
+
+
+def _alert_rules(value: Any, origin: str) -> list[AlertRule]:
+    """[[alerts]] tables -> rules, each checked on its own (the message names the rule's number)."""
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise ConfigError(f"{origin}: alerts must be [[alerts]] tables, got {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(AlertRule)}
+    rules: list[AlertRule] = []
+    for i, table in enumerate(value, start=1):
+        where = f"{origin}: [[alerts]] #{i}"
+        rule = AlertRule()
+        for k, v in table.items():
+            if k not in fields:
+                raise ConfigError(f"{where}: unknown key {k}" + _suggest(k, sorted(fields)))
+            setattr(rule, k, _coerce(f"{where} {k}", fields[k], v))
+        rule.name, rule.query, rule.phrase = rule.name.strip(), rule.query.strip(), rule.phrase.strip()
+        if not ALERT_NAME.fullmatch(rule.name):
+            raise ConfigError(f"{where} name: must be 1-64 letters, digits, spaces, - or _, got {rule.name!r}")
+        if any(r.name.lower() == rule.name.lower() for r in rules):
+            raise ConfigError(f"{where} name: {rule.name!r} is used by another rule")
+        if bool(rule.query) == bool(rule.phrase):
+            raise ConfigError(f"{where} ({rule.name}): set either query or phrase (one of them)")
+        if len(rule.query) > 200 or len(rule.phrase) > 200:
+            raise ConfigError(f"{where} ({rule.name}): the query or phrase is longer than 200 characters")
+        if rule.phrase and "min_score" in table:
+            raise ConfigError(f"{where} ({rule.name}) min_score: only applies to a query, not a phrase")
+        url = urlsplit(rule.webhook)
+        if rule.webhook and (url.scheme not in ("http", "https") or not url.hostname):
+            raise ConfigError(f"{where} ({rule.name}) webhook: must be an http:// or https:// URL")
+        rules.append(rule)
+    return rules
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -227,6 +300,8 @@ def load_config(
     _apply(config, _env_overrides(env), "environment")
     if env.get("EDGECAP_PASSWORD"):
         config.web.password = env["EDGECAP_PASSWORD"]
+    if env.get("EDGECAP_MQTT_PASSWORD"):
+        config.mqtt.password = env["EDGECAP_MQTT_PASSWORD"]
     if overrides:
         _apply(config, _drop_none(overrides), "command line")
     _check(config, str(file) if file else "config")
@@ -252,6 +327,18 @@ def _check(config: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: [camera] url: must be set when source = \"stream\"")
     if cam.source == "folder" and not cam.folder:
         raise ConfigError(f"{origin}: [camera] folder: must be set when source = \"folder\"")
+    mqtt = config.mqtt
+    if mqtt.enabled and not mqtt.host.strip():
+        raise ConfigError(f"{origin}: [mqtt] host: must be set when enabled = true")
+    if mqtt.ca_file and not mqtt.tls:
+        raise ConfigError(f"{origin}: [mqtt] ca_file: needs tls = true")
+    for key in ("topic_prefix", "discovery_prefix", "device_id"):
+        value = getattr(mqtt, key)
+        if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ConfigError(f"{origin}: [mqtt] {key}: must not contain + # or NUL or start/end with /")
+    public = config.web.public_url
+    if public and (urlsplit(public).scheme not in ("http", "https") or not urlsplit(public).hostname):
+        raise ConfigError(f"{origin}: [web] public_url: must be an http:// or https:// URL, got {public!r}")
 
 
 def to_toml(config: Config) -> str:
@@ -266,10 +353,25 @@ def to_toml(config: Config) -> str:
             if f.metadata.get("env_only"):
                 continue
             value = getattr(section, f.name)
-            if f.name in ("password_hash", "secret_key") and value:
+            if (f.name in ("password_hash", "secret_key") or f.metadata.get("secret")) and value:
                 value = "<set>"
             lines.append(f"{f.name} = {_toml_value(value)}")
+    for rule in config.alerts:
+        lines.append("\n[[alerts]]")
+        shown = {"name": rule.name, "query": rule.query, "phrase": rule.phrase,
+                 "min_score": rule.min_score if rule.query else None, "quiet": rule.quiet or None,
+                 "webhook": redact_url(rule.webhook)}
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in shown.items() if v not in ("", None))
     return "\n".join(lines) + "\n"
+
+
+def redact_url(url: str) -> str:
+    """scheme://host:port/... : a webhook's path often carries its secret (Home Assistant's id)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/..."
 
 
 def _toml_value(v: Any) -> str:

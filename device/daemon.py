@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 from device.config import Config
+from device.events import EventsError, start_events
+from device.metrics import Histogram, Registry, Sample, counter
 from device.sources import Frame, Source, SourceError, detect_source, open_source
 
 log = logging.getLogger(__name__)
@@ -188,9 +190,15 @@ class Pipeline:
     captioner: Any
     embedder: Any | None
     beam_width: int = 3
+    # Called with each new capture's id once it is committed (EventHub.submit: must not block).
+    on_saved: Callable[[int], None] | None = None
+    caption_seconds: Histogram = field(default_factory=Histogram)
 
     def caption(self, image: Image.Image) -> Any:
-        return self.captioner.caption(image, beam_width=self.beam_width)
+        t0 = time.perf_counter()
+        cap = self.captioner.caption(image, beam_width=self.beam_width)
+        self.caption_seconds.observe(time.perf_counter() - t0)
+        return cap
 
     def embed(self, caps: list[Any]) -> list[np.ndarray | None]:
         """Each caption's embedding, its tag words included: a query for "cat" comes near a capture
@@ -201,12 +209,15 @@ class Pipeline:
 
     def save(self, image: Image.Image, cap: Any, embedding: np.ndarray | None, *, source: str,
              original_path: str | None, time: float) -> int:
-        return self.store.add(
+        cid = self.store.add(
             image, time=time, source=source, original_path=original_path, caption=cap.text,
             score=cap.score, model_id=self.captioner.model_id, beams=cap.beams, attention=cap.attention,
             embedding=embedding, image_vector=getattr(cap, "image_vector", None),
             tags=[t.to_dict() for t in getattr(cap, "tags", [])],
         )
+        if self.on_saved is not None:
+            self.on_saved(cid)
+        return cid
 
     def process(self, frame: Frame) -> tuple[int, Any]:
         cap = self.caption(frame.image)
@@ -335,6 +346,19 @@ class Daemon:
         self.stats.stored += 1
         log.info("#%d %s: %s (%.2f)", cid, frame.source, cap.text, cap.score)
 
+    def samples(self) -> list[Sample]:
+        """For /metrics: what this loop did since it started."""
+        st = self.stats
+        return [
+            counter("edgecap_captures_total", "Captures stored by the capture loop", st.stored),
+            counter("edgecap_frames_unchanged_total", "Frames skipped as unchanged (min_change)", st.skipped_same),
+            counter("edgecap_capture_errors_total", "Frames that could not be captioned or stored", st.errors),
+            counter("edgecap_retention_deleted_total", "Captures deleted to keep the store in its limits",
+                    st.deleted),
+            *self.pipeline.caption_seconds.samples(
+                "edgecap_caption_seconds", "Time to caption one frame (encoder + beam search)"),
+        ]
+
     def run(self) -> RunStats:
         cfg = self._resolved_config()
         interval = cfg.capture.interval
@@ -416,7 +440,8 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started: float) -> Any:
+def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started: float,
+              metrics: Registry | None = None, alerts: Any = None) -> Any:
     """Serve the page in a thread; returns the server (call .stop()). Raises StartupError."""
     from device.web import WebConfigError, create_app, effective_host, make_server
 
@@ -428,7 +453,7 @@ def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started
                     "`edgecap hash-password` and set [web] password_hash to open it to the network")
         config = dataclasses.replace(config, web=dataclasses.replace(web, auth=False, host="127.0.0.1"))
     try:
-        app = create_app(config, store, captioner, embedder, started=started)
+        app = create_app(config, store, captioner, embedder, started=started, metrics=metrics, alerts=alerts)
         host = effective_host(config.web.host or None, config.web.auth)
         server = make_server(app, host, config.web.port)
     except WebConfigError as e:
@@ -471,22 +496,33 @@ def run(config: Config, web: bool = True, stop: threading.Event | None = None) -
     notifier = Notifier()
     store = open_store(config.data_dir, config.models_dir)
     server = None
+    events = None
     try:
         store.reconcile()
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
         embedder = load_text_embedder(config)
         log.info("models: %s, embedder %s, %d thread(s)", captioner.model_id,
                  getattr(embedder, "model_id", "none"), config.model.num_threads)
+        registry = Registry()
+        try:
+            events = start_events(config, store, embedder, registry)
+        except EventsError as e:
+            raise StartupError(str(e)) from e
         if web and config.web.enabled:
-            server = start_web(config, store, captioner, embedder, started)
-        pipeline = Pipeline(store, captioner, embedder, config.model.beam_width)
+            server = start_web(config, store, captioner, embedder, started, registry,
+                               events and events.alerts)
+        pipeline = Pipeline(store, captioner, embedder, config.model.beam_width,
+                            on_saved=events.hub.submit if events else None)
         daemon = Daemon(config, pipeline, stop, notifier, keep_alive=lambda: server is not None)
+        registry.register(daemon.samples)
         stats = daemon.run()
         log.info("stopped: %d stored, %d unchanged skipped, %d errors, %d deleted by retention",
                  stats.stored, stats.skipped_same, stats.errors, stats.deleted)
         return stats
     finally:
         notifier.stopping()
+        if events is not None:
+            events.stop()  # before the store closes: the last captures are still published
         if server is not None:
             server.stop()
         close = getattr(store, "close", None)

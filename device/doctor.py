@@ -161,12 +161,35 @@ def check_web(r: Report, config: Config) -> None:
         r.line(OK, "web", f"port {w.port}, password set")
 
 
+def check_mqtt(r: Report, config: Config) -> None:
+    """With [mqtt] enabled: log in to the broker once, as the service would."""
+    m = config.mqtt
+    if not m.enabled:
+        if config.alerts:
+            r.line(OK, "alerts", f"{len(config.alerts)} rule(s); MQTT is off (webhooks and the page only)")
+        return
+    from device.events import EventsError, device_id
+    from device.mqtt import broker_port, probe
+
+    where = f"{m.host}:{broker_port(m)}{' (TLS)' if m.tls else ''}"
+    try:
+        problem = probe(m, device_id(config))
+    except EventsError as e:
+        problem = str(e)
+    if problem:
+        r.line(FAIL, "mqtt", problem, "check [mqtt] host, port, username, password / tls, ca_file "
+               "(docs/homeassistant.md)")
+    else:
+        r.line(OK, "mqtt", f"logged in to {where} as {m.username or 'anonymous'}; topics "
+               f"{m.topic_prefix}/{device_id(config)}/..., {len(config.alerts)} alert rule(s)")
+
+
 def doctor(config: Config, out: TextIO = sys.stdout) -> bool:
     """Print one line per check; True when nothing failed."""
     r = Report(out)
     where = str(config.path) if config.path else "none (defaults)"
     r.line(OK, "config", f"file: {where}; data_dir {config.data_dir}; models_dir {config.models_dir}")
-    for check in (check_runtime, check_models, check_camera, check_store, check_disk, check_web):
+    for check in (check_runtime, check_models, check_camera, check_store, check_disk, check_web, check_mqtt):
         try:
             check(r, config) if check is not check_runtime else check(r)
         except Exception as e:  # noqa: BLE001 - a broken check must not hide the others

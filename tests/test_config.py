@@ -128,3 +128,78 @@ def test_example_config_in_docs_loads() -> None:
         p.write_text(example)
         cfg = load_config(p, env={})
     assert cfg.camera.source in ("auto", "picamera2", "usb", "jetson", "stream", "folder", "samples")
+
+
+ALERTS = """
+[mqtt]
+enabled = true
+host = "broker.lan"
+username = "cam"
+password = "mqtt-secret"
+[[alerts]]
+name = "person at the door"
+query = "a person at the door"
+min_score = 0.2
+quiet = 300
+webhook = "http://ha.lan:8123/api/webhook/very-secret-id"
+[[alerts]]
+name = "dog"
+phrase = "dog"
+"""
+
+
+def test_mqtt_and_alert_rules(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, ALERTS), env={})
+    assert cfg.mqtt.enabled and cfg.mqtt.host == "broker.lan" and cfg.mqtt.port == 0 and not cfg.mqtt.tls
+    door, dog = cfg.alerts
+    assert (door.name, door.query, door.min_score, door.quiet) == ("person at the door", "a person at the door", 0.2, 300.0)
+    assert (dog.phrase, dog.query, dog.quiet, dog.webhook) == ("dog", "", 0.0, "")
+    assert load_config(env={}).alerts == [] and not load_config(env={}).mqtt.enabled  # off by default
+    # secrets stay out of the effective config; the password may come from the environment instead
+    text = to_toml(cfg)
+    assert "mqtt-secret" not in text and "very-secret-id" not in text and "http://ha.lan:8123/..." in text
+    again = load_config(write(tmp_path, text), env={"EDGECAP_MQTT_PASSWORD": "from-env"})
+    assert [r.name for r in again.alerts] == ["person at the door", "dog"] and again.mqtt.password == "from-env"
+
+
+@pytest.mark.parametrize("rule, words", [
+    ('name = "a"\nquery = "x"\nphrase = "y"', ["#1 (a)", "either query or phrase"]),
+    ('name = "a"', ["#1 (a)", "either query or phrase"]),
+    ('query = "x"', ["#1 name", "1-64 letters"]),
+    ('name = "a/b"\nquery = "x"', ["#1 name"]),
+    ('name = "a"\nphrase = "x"\nmin_score = 0.5', ["min_score", "only applies to a query"]),
+    ('name = "a"\nquery = "x"\nwebhook = "ftp://host/x"', ["webhook", "http:// or https://"]),
+    ('name = "a"\nquery = "x"\nquiet = -1', ["#1 quiet", ">= 0"]),
+    ('name = "a"\nquery = "x"\nthreshold = 1', ["unknown key threshold"]),
+])
+def test_alert_rule_mistakes_name_the_rule(tmp_path: Path, rule: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, f"[[alerts]]\n{rule}\n"), env={})
+    for w in words:
+        assert w in str(e.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[[alerts]]\nname = "a"\nquery = "x"\n[[alerts]]\nname = "A"\nphrase = "y"\n', ["#2 name", "used by another"]),
+    ("alerts = 3\n", ["[[alerts]] tables"]),
+    ('[mqtt]\ntopic_prefix = "edgecap/#"\n', ["[mqtt] topic_prefix"]),
+    ('[mqtt]\nca_file = "/etc/ca.pem"\n', ["[mqtt] ca_file", "tls = true"]),
+    ('[mqtt]\nenabled = true\nhost = ""\n', ["[mqtt] host"]),
+    ('[web]\npublic_url = "cam.lan"\n', ["[web] public_url"]),
+])
+def test_mqtt_and_alerts_mistakes(tmp_path: Path, text: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text), env={})
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_home_assistant_doc_examples_load(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "homeassistant.md").read_text()
+    blocks = text.split("```toml")[1:]
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        cfg = load_config(write(tmp_path, block[: block.index("```")]), env={})
+        assert cfg.alerts, f"toml example {i + 1} has no alert rule"
+    first = load_config(write(tmp_path, blocks[0][: blocks[0].index("```")]), env={})
+    assert first.mqtt.enabled and first.mqtt.device_id == "frontdoor" and len(first.alerts) == 2

@@ -55,6 +55,8 @@ class AppState:
     # TFLite interpreters are not thread-safe; uploads are captioned one at a time.
     caption_lock: threading.Lock = field(default_factory=threading.Lock)
     static_version: str = ""
+    metrics: Any = None  # device.metrics.Registry of the running daemon, or None (`edgecap serve`)
+    alerts: Any = None  # device.alerts.Alerts of the running daemon, or None
 
 
 def state() -> AppState:
@@ -62,7 +64,8 @@ def state() -> AppState:
 
 
 def is_api() -> bool:
-    return request.path.startswith("/api/")
+    """Machine routes: JSON errors and an HTTP Basic challenge instead of the login page."""
+    return request.path.startswith("/api/") or request.path == "/metrics"
 
 
 def csrf_token() -> str:
@@ -178,12 +181,13 @@ def _static_version() -> str:
 
 
 def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = None, *,
-               started: float | None = None) -> Flask:
+               started: float | None = None, metrics: Any = None, alerts: Any = None) -> Flask:
     """Build the web app.
 
     config: a `Config` (device/config.py) or a `WebSettings`. store: a `Store`. captioner / embedder:
     loaded models or None (no uploads / keyword-only search). started: the process start time, for
-    uptime. Raises WebConfigError when authentication is on but no password is configured.
+    uptime. metrics / alerts: the daemon's Registry and Alerts (for /metrics and /alerts), or None.
+    Raises WebConfigError when authentication is on but no password is configured.
     """
     settings = settings_from(config)
     env_password = settings.password or os.environ.get(ENV_PASSWORD) or None
@@ -221,6 +225,7 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
         settings=settings, store=store, captioner=captioner, embedder=embedder,
         started=time.time() if started is None else started, checker=checker,
         limiter=FailureLimiter(max_failures=settings.max_login_failures), static_version=_static_version(),
+        metrics=metrics, alerts=alerts,
     )
 
     app.before_request(_authenticate)
@@ -259,10 +264,14 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     def healthz():
         return jsonify({"status": "ok", "uptime_s": round(time.time() - state().started, 1)})
 
+    from . import alerts as alert_routes
     from . import api, views  # routes import state() from here
+    from . import metrics as metrics_routes
 
     app.register_blueprint(api.bp)
     app.register_blueprint(views.bp)
+    app.register_blueprint(alert_routes.bp)
+    app.register_blueprint(metrics_routes.bp)
     return app
 
 
