@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check runtime, models, camera, store and disk; say what to fix")
 
+    rp = sub.add_parser("repair", help="rebuild the database's rows from the stored images (stop edgecap first)")
+    rp.add_argument("--from", dest="from_db", metavar="FILE",
+                    help="copy rows back from this database first (a backup, or `sqlite3 edgecap.db .recover`)")
+
     w = sub.add_parser("serve", help="serve the web page only (no capturing)")
     w.add_argument("--host", help="default: [web] host")
     w.add_argument("--port", type=int, help="default: [web] port")
@@ -268,6 +272,24 @@ def cmd_hash_password(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_repair(config: Config, args: argparse.Namespace) -> int:
+    from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
+    from device.repair import RepairError, repair
+
+    def make_pipeline(store: Any) -> Pipeline:
+        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
+        return Pipeline(store, captioner, load_text_embedder(config), config.model.beam_width)
+
+    try:
+        result = repair(config.data_dir, lambda: open_store(config.data_dir, config.models_dir), make_pipeline,
+                        Path(args.from_db) if args.from_db else None, progress=print)
+    except RepairError as e:
+        raise UserError(str(e)) from None
+    print(f"repaired: {result.rows_copied} rows copied back, {result.recaptioned} images captioned again"
+          + (f", {len(result.unreadable)} unreadable images left in place" if result.unreadable else ""))
+    return EXIT_OK
+
+
 def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
     from device.doctor import doctor
 
@@ -276,7 +298,7 @@ def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "caption": cmd_caption, "ingest": cmd_ingest, "search": cmd_search,
-    "doctor": cmd_doctor, "serve": cmd_serve, "hash-password": cmd_hash_password,
+    "doctor": cmd_doctor, "serve": cmd_serve, "hash-password": cmd_hash_password, "repair": cmd_repair,
 }
 
 

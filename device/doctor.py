@@ -107,30 +107,48 @@ def check_camera(r: Report, config: Config) -> None:
     r.line(OK, "camera", f"{src.describe()}: {got}")
 
 
+REPAIR = ("stop edgecap (sudo systemctl stop edgecap) and run `edgecap repair`: it keeps the damaged file "
+          "and rebuilds the rows from it and from the stored images")
+
+
 def check_store(r: Report, config: Config) -> None:
+    import os
+
+    from device.repair import database_problem
+
     db = config.data_dir / "edgecap.db"
     if not db.exists():
         parent = next((p for p in [config.data_dir, *config.data_dir.parents] if p.exists()), None)
-        import os
-
         if parent is not None and os.access(parent, os.W_OK):
             r.line(OK, "store", f"no database yet in {config.data_dir} (created on first run)")
         else:
             r.line(FAIL, "store", f"{config.data_dir} does not exist and cannot be created",
                    "set data_dir / --data-dir to a writable folder")
         return
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            count = conn.execute("SELECT count(*) FROM captures").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        r.line(FAIL, "store", f"{db}: {e}", "stop edgecap, move the file aside, and run again (a new one is made)")
+    not_writable = [p for p in (config.data_dir, db) if not os.access(p, os.W_OK)]
+    if not_writable:
+        r.line(FAIL, "store", f"{not_writable[0]} is not writable by this user",
+               f"give the user edgecap runs as write access (sudo chown -R edgecap: {config.data_dir}), "
+               "or set data_dir; the database itself is not the problem")
         return
-    if check != "ok":
-        r.line(FAIL, "store", f"{db}: integrity check says {check}", "restore a backup or move the file aside")
+    problem = database_problem(db)
+    if problem is not None:
+        r.line(FAIL, "store", f"{db}: {problem}", REPAIR)
+        return
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        count = conn.execute("SELECT count(*) FROM captures").fetchone()[0]
+        named = {row[0].rsplit("/", 1)[-1] for row in conn.execute("SELECT image FROM captures")}
+    finally:
+        conn.close()
+    images = config.data_dir / "images"
+    files = {p.name for p in images.glob("*/*.jpg")} if images.is_dir() else set()
+    from device.upkeep import too_many_to_delete
+
+    orphans = len(files - named)
+    if too_many_to_delete(orphans, count):
+        r.line(WARN, "store", f"{count} captures in {db}, but {orphans} stored images have no row (the "
+               "database was replaced, emptied or lost rows)", REPAIR)
     else:
         r.line(OK, "store", f"{count} captures in {db}")
 

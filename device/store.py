@@ -356,6 +356,12 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             if _is_disk_full(e):
                 raise StoreFullError(f"cannot open the store: the disk holding {self.data_dir} is full") from e
+            not_writable = [p for p in (self.data_dir, self.db_path) if p.exists() and not os.access(p, os.W_OK)]
+            if not_writable:
+                raise StoreError(
+                    f"cannot open the store: {not_writable[0]} is not writable by this user; give it write "
+                    f"access (e.g. sudo chown -R edgecap: {self.data_dir}) or set data_dir"
+                ) from e
             raise StoreError(f"cannot open the store in {self.data_dir}: {e}") from e
 
     # -- connections ---------------------------------------------------------------------------------
