@@ -231,7 +231,7 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from device.daemon import StartupError, load_captioner, load_text_embedder, open_store
-    from device.web import WebConfigError, create_app, effective_host, serve
+    from device.web import WebConfigError, create_app, effective_host, exposure_warning, serve
 
     store = open_store(config.data_dir, config.models_dir)
     try:
@@ -245,6 +245,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     except WebConfigError as e:
         raise UserError(str(e)) from None
     host = effective_host(config.web.host or None, config.web.auth)
+    if warning := exposure_warning(host, config.web.auth):
+        log.warning("%s", warning)
     try:
         serve(app, host, config.web.port)
     except OSError as e:

@@ -408,7 +408,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started: float) -> Any:
     """Serve the page in a thread; returns the server (call .stop()). Raises StartupError."""
-    from device.web import WebConfigError, create_app, effective_host, make_server
+    from device.web import WebConfigError, create_app, effective_host, exposure_warning, make_server
 
     web = config.web
     if web.auth and not (web.password_hash or web.password) and not web.host:
@@ -425,6 +425,8 @@ def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started
         raise StartupError(str(e)) from e
     except OSError as e:
         raise StartupError(f"cannot listen on {config.web.host or '*'}:{config.web.port}: {e.strerror or e}") from e
+    if warning := exposure_warning(host, config.web.auth):
+        log.warning("%s", warning)
     thread = threading.Thread(target=server.serve_forever, name="edgecap-web", daemon=True)
     thread.start()
     log.info("web page on http://%s:%s/", host, server.port)

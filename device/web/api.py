@@ -114,7 +114,14 @@ def _caption_upload():
     """Decode the uploaded `image`, caption it under the lock; returns (image, caption, ms) or a 503."""
     st = state()
     # Check the upload first: a bad file is the client's error whatever state the device is in.
-    img = decode_upload(request.files.get("image"), st.settings.max_upload_bytes)
+    # One decode at a time: eight large photos decoded at once would take hundreds of MB.
+    if not st.decode_lock.acquire(timeout=CAPTION_WAIT_S):
+        return None, (jsonify({"error": "the device is busy with other photos; try again shortly",
+                               "status": 503}), 503)
+    try:
+        img = decode_upload(request.files.get("image"), st.settings.max_upload_bytes)
+    finally:
+        st.decode_lock.release()
     if st.captioner is None:
         return None, (jsonify({"error": "no captioner is loaded on this device", "status": 503}), 503)
     t0 = time.perf_counter()
