@@ -230,9 +230,10 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import StartupError, load_captioner, load_text_embedder, open_store
+    from device.daemon import StartupError, load_captioner, load_text_embedder, open_store, tune_malloc
     from device.web import WebConfigError, create_app, effective_host, exposure_warning, serve
 
+    tune_malloc()  # as `run` does: uploads decode in worker threads, each would keep its own arena
     store = open_store(config.data_dir, config.models_dir)
     try:
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)

@@ -63,10 +63,9 @@ class AppState:
     checker: PasswordChecker
     limiter: FailureLimiter
     revoked: RevokedSessions
-    # TFLite interpreters are not thread-safe; uploads are captioned one at a time.
+    # TFLite interpreters are not thread-safe, and a large photo decodes to tens of MB: uploads are
+    # decoded and captioned one at a time.
     caption_lock: threading.Lock = field(default_factory=threading.Lock)
-    # Decoding a large photo takes tens of MB: one at a time keeps concurrent uploads from adding up.
-    decode_lock: threading.Lock = field(default_factory=threading.Lock)
     static_version: str = ""
 
 
