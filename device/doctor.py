@@ -80,6 +80,23 @@ def check_models(r: Report, config: Config) -> None:
         size = sum(int(v) for v in (manifest.get("sizes") or {}).values())
         q = manifest.get("quantization", "")
         r.line(OK, role, f"{name} ({q}, {size / 1e6:.1f} MB, sha256 verified)")
+    check_projection(r, models_dir)
+
+
+def check_projection(r: Report, models_dir: Path) -> None:
+    """The image projection is optional; a broken one is a warning, as `edgecap run` goes on without it."""
+    from device.image_projection import DEFAULT_SET, load_image_projection
+
+    try:
+        projection = load_image_projection(models_dir)
+    except Exception as e:  # noqa: BLE001 - any problem with the set is reported, not raised
+        r.line(WARN, "projection", f"{DEFAULT_SET}: {e}",
+               "reinstall the model set; until then typed searches do not match new captures' images")
+        return
+    if projection is None:
+        r.line(WARN, "projection", f"no {DEFAULT_SET} set: typed searches use captions only")
+    else:
+        r.line(OK, "projection", f"{DEFAULT_SET} (sha256 verified)")
 
 
 def check_camera(r: Report, config: Config) -> None:
@@ -115,6 +132,7 @@ def check_store(r: Report, config: Config) -> None:
     import os
 
     from device.repair import database_problem
+    from device.store import not_writable
 
     db = config.data_dir / "edgecap.db"
     if not db.exists():
@@ -125,11 +143,9 @@ def check_store(r: Report, config: Config) -> None:
             r.line(FAIL, "store", f"{config.data_dir} does not exist and cannot be created",
                    "set data_dir / --data-dir to a writable folder")
         return
-    not_writable = [p for p in (config.data_dir, db) if not os.access(p, os.W_OK)]
-    if not_writable:
-        r.line(FAIL, "store", f"{not_writable[0]} is not writable by this user",
-               f"give the user edgecap runs as write access (sudo chown -R edgecap: {config.data_dir}), "
-               "or set data_dir; the database itself is not the problem")
+    if why := not_writable(config.data_dir):
+        problem, _, fix = why.partition(": ")
+        r.line(FAIL, "store", problem, fix)
         return
     problem = database_problem(db)
     if problem is not None:

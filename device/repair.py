@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device.store import DB_NAME, THUMBS, Store
+from device.store import DB_NAME, THUMBS, Store, not_writable
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,8 @@ def repair(data_dir: Path, open_store: Callable[[], Store], make_pipeline: Calla
     data_dir = Path(data_dir)
     db = data_dir / DB_NAME
     result = RepairResult()
-    if not os.access(data_dir, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-        raise RepairError(f"{data_dir} is not writable by this user: run repair as the user edgecap runs as "
-                          "(e.g. sudo -u edgecap edgecap repair)")
+    if why := not_writable(data_dir):
+        raise RepairError(f"cannot repair: {why} (or run repair as that user: sudo -u edgecap edgecap repair)")
     if from_db is not None and not from_db.is_file():
         raise RepairError(f"{from_db}: no such file")
     problem = database_problem(db)

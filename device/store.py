@@ -252,6 +252,22 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).astimezone().isoformat(timespec="seconds")
 
 
+def not_writable(data_dir: Path) -> str | None:
+    """Why the store cannot write in `data_dir` (None when it can): what to fix, not a SQLite message."""
+    for p in (data_dir, data_dir / DB_NAME):
+        if not p.exists() or os.access(p, os.W_OK):
+            continue
+        try:
+            read_only = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        if read_only:
+            return f"{p} is on a read-only file system: mount it read-write, or set data_dir to another folder"
+        return (f"{p} is not writable by this user: give the user edgecap runs as write access "
+                f"(e.g. sudo chown -R edgecap: {data_dir}), or set data_dir")
+    return None
+
+
 def _is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -356,12 +372,8 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             if _is_disk_full(e):
                 raise StoreFullError(f"cannot open the store: the disk holding {self.data_dir} is full") from e
-            not_writable = [p for p in (self.data_dir, self.db_path) if p.exists() and not os.access(p, os.W_OK)]
-            if not_writable:
-                raise StoreError(
-                    f"cannot open the store: {not_writable[0]} is not writable by this user; give it write "
-                    f"access (e.g. sudo chown -R edgecap: {self.data_dir}) or set data_dir"
-                ) from e
+            if why := not_writable(self.data_dir):
+                raise StoreError(f"cannot open the store: {why}") from e
             raise StoreError(f"cannot open the store in {self.data_dir}: {e}") from e
 
     # -- connections ---------------------------------------------------------------------------------
