@@ -7,11 +7,10 @@ import json
 import re
 import socket
 import time
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from webfixtures import PASSWORD, Client, basic, fill_store, multipart, running, wait_until
+from webfixtures import PASSWORD, Client, basic, fill_store, held_bytes, multipart, running, wait_until
 
 from device.config import load_config
 from device.web import WebSettings, create_app, exposure_warning, hash_password, make_server
@@ -133,18 +132,6 @@ def test_no_temporary_files_for_request_bodies(store, tmp_path, monkeypatch):
         time.sleep(0.3)  # well past waitress's 512 KB spooling threshold
         assert held_bytes(spool) == 0
         s.close()
-
-
-def held_bytes(folder: Path) -> int:
-    """Bytes of files under `folder` this process has open, deleted ones included (O_TMPFILE)."""
-    total = 0
-    for fd in Path("/proc/self/fd").iterdir():
-        try:
-            if str(fd.readlink()).startswith(str(folder)):
-                total += fd.stat().st_size
-        except OSError:
-            continue
-    return total
 
 
 # --- item 4: idle sockets, slow headers, slow bodies -----------------------------------------------------
