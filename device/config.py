@@ -94,7 +94,7 @@ class WebConfig:
     password_hash: str = _f("")
     max_upload_mb: float = _f(10.0, min=0.1)
     secret_key: str = _f("")
-    secure_cookies: bool = _f(False)  # true behind an HTTPS reverse proxy: the browser sends the cookie only over HTTPS
+    secure_cookies: bool = _f(False)  # true behind an HTTPS reverse proxy: the cookie goes over HTTPS only
     # Only from EDGECAP_PASSWORD (never from the file): a plain password the web app may hash at start.
     password: str = field(default="", repr=False, metadata={"env_only": True})
 

@@ -146,6 +146,7 @@ class Guard:
         self._lock = threading.Lock()
         self.in_memory = 0
         self._unverified: Counter[str] = Counter()
+        self._evicted, self._evicted_logged = 0, float("-inf")
 
     def admit(self, req: GuardedParser) -> HttpError | None:
         addr = str(req.channel.addr[0]) if req.channel.addr else "?"
@@ -198,8 +199,17 @@ class Guard:
             victims = (idle + [new])[:over]  # the newcomer only when nothing else is idle
             for c in victims:
                 c.will_close = True
-            log.info("connections: closed %d idle connection(s) to make room for %s", len(victims), addr)
+            self._note_evictions(len(victims), addr)
             open_ = [c for c in open_ if not c.will_close]
+
+    def _note_evictions(self, n: int, addr: str | None) -> None:
+        """One warning a minute at most: a flood of connections must not flood the log too."""
+        self._evicted += n
+        now = time.monotonic()
+        if now - self._evicted_logged >= 60:
+            log.warning("connections: closed %d idle connection(s) to make room (latest for %s)",
+                        self._evicted, addr)
+            self._evicted, self._evicted_logged = 0, now
 
     def expire(self, server: GuardedServer, now: float) -> None:
         """Close connections that wait too long for a request, its headers or its body."""
