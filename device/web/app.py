@@ -5,8 +5,6 @@ Routes live in api.py (JSON) and views.py (HTML); both read the shared objects f
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import logging
@@ -20,7 +18,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Request, current_app, g, jsonify, render_template, request, session, url_for
+from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_cookie
 from werkzeug.routing import IntegerConverter
 
 from .auth import ENV_PASSWORD, FailureLimiter, PasswordChecker, RevokedSessions, new_csrf_token, same_token
@@ -37,6 +37,7 @@ SESSION_LIFETIME_S = 30 * 24 * 3600
 LOGIN_PATH = "/login"
 LOGIN_MAX_BODY = 16 * 1024  # the login form: a password, a token and a path
 REVOKED_FILE = "web_revoked_sessions.json"
+BASIC_CHALLENGE = 'Basic realm="edgecap", charset="UTF-8"'
 BAD_HOST = ("this page answers without a password only to localhost names and IP addresses (a "
             "protection against DNS rebinding); open it by IP address, or set a password")
 
@@ -116,8 +117,7 @@ def _client_addr() -> str:
 def _unauthorized(message: str = "authentication required"):
     if is_api() or request.path == "/healthz":
         resp = error_response(401, message)
-        # Basic only on the API: on pages it would pop the browser's own dialog over our login form.
-        resp.headers["WWW-Authenticate"] = 'Basic realm="edgecap", charset="UTF-8"'
+        resp.headers.extend(challenge(request.path))
         return resp
     resp = current_app.make_response(
         render_template("login.html", next=request.full_path.rstrip("?"), error=None)
@@ -169,6 +169,11 @@ def _authenticate():
     return _unauthorized()
 
 
+def challenge(path: str) -> tuple[tuple[str, str], ...]:
+    # Basic only on the API: on pages it would pop the browser's own dialog over our login form.
+    return (("WWW-Authenticate", BASIC_CHALLENGE),) if path.startswith("/api/") or path == "/healthz" else ()
+
+
 def body_gate(app: Flask):
     """For the server (server.py): judge a request with a body from its headers alone, before the body
     is read. Returns ADMIT, UNVERIFIED (a Basic password not checked yet: the app checks it) or
@@ -196,35 +201,23 @@ def body_gate(app: Flask):
             if known:
                 return ADMIT
             check_basic(st, password, addr)  # cheap here: counts the failure
-            return 401, "wrong password", (("WWW-Authenticate", 'Basic realm="edgecap", charset="UTF-8"'),)
-        if serializer is not None and _cookie(headers.get("COOKIE", ""), cookie_name) is not None:
+            return 401, "wrong password", challenge(path)
+        cookie = parse_cookie(headers.get("COOKIE", "")).get(cookie_name)
+        if serializer is not None and cookie:
             try:
-                data = serializer.loads(_cookie(headers["COOKIE"], cookie_name), max_age=SESSION_LIFETIME_S)
+                data = serializer.loads(cookie, max_age=SESSION_LIFETIME_S)
             except Exception:  # noqa: BLE001 - any bad or expired cookie is simply not a session
                 data = {}
             if session_authenticated(st, data):
                 return ADMIT
-        return 401, "authentication required", (("WWW-Authenticate", 'Basic realm="edgecap", charset="UTF-8"'),)
+        return 401, "authentication required", challenge(path)
 
     return gate
 
 
 def _basic_password(value: str) -> str | None:
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        return base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2]
-    except (binascii.Error, UnicodeDecodeError):
-        return ""
-
-
-def _cookie(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        k, _, v = part.strip().partition("=")
-        if k == name:
-            return v.strip('"')
-    return None
+    auth = Authorization.from_header(value or None)
+    return auth.password if auth is not None and auth.type == "basic" else None
 
 
 def server_limits(app: Flask) -> Limits:
