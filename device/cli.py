@@ -18,6 +18,7 @@ import argparse  # (imported after the BLAS settings on purpose)
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -318,12 +319,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     setup_logging(config.log.level)
     from device.daemon import StartupError
-    from device.store import StoreError
+    from device.store import DB_NAME, StoreError, damaged_message, is_damaged
 
     try:
         return COMMANDS[args.command](config, args)
     except (UserError, StartupError, StoreError) as e:
         print(f"edgecap: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except sqlite3.DatabaseError as e:  # found while reading, after the store opened
+        if not is_damaged(e):
+            raise
+        print(f"edgecap: {damaged_message(config.data_dir / DB_NAME, e)}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:  # `edgecap search ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

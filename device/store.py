@@ -252,6 +252,16 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).astimezone().isoformat(timespec="seconds")
 
 
+def is_damaged(exc: BaseException) -> bool:
+    """SQLite says the database file is corrupt or not a database."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def damaged_message(db_path: Path, exc: BaseException) -> str:
+    return (f"{db_path} is damaged ({exc}): stop edgecap and run `edgecap repair` (it keeps the file and "
+            "rebuilds the rows; do not delete it)")
+
+
 def not_writable(data_dir: Path) -> str | None:
     """Why the store cannot write in `data_dir` (None when it can): what to fix, not a SQLite message."""
     for p in (data_dir, data_dir / DB_NAME):
@@ -374,6 +384,8 @@ class Store:
                 raise StoreFullError(f"cannot open the store: the disk holding {self.data_dir} is full") from e
             if why := not_writable(self.data_dir):
                 raise StoreError(f"cannot open the store: {why}") from e
+            if is_damaged(e):
+                raise StoreError(damaged_message(self.db_path, e)) from e
             raise StoreError(f"cannot open the store in {self.data_dir}: {e}") from e
 
     # -- connections ---------------------------------------------------------------------------------

@@ -49,6 +49,8 @@ def test_doctor_sends_a_damaged_database_to_repair(tmp_path: Path, data: Path) -
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("FAIL") and "store" in ln)
     assert "edgecap.db" in line
     assert "edgecap repair" in r.stdout and "move the file aside" not in r.stdout
+    r = edgecap(tmp_path, "search", "fox")  # any command that opens the store says the same
+    assert r.returncode == 1 and "edgecap repair" in r.stderr and "Traceback" not in r.stderr
 
 
 @needs_models

@@ -192,7 +192,7 @@ def test_full_disk_while_writing_a_file_leaves_nothing_behind(store: Store, monk
         real_fsync(fd)
 
     monkeypatch.setattr(store_mod.os, "fsync", fsync_full)
-    with pytest.raises(StoreFullError, match="full"):
+    with pytest.raises(StoreFullError, match=r"full.*\[store\] max_size_mb"):
         _add(store, "during", T0 + 1)
     monkeypatch.undo()
     assert _files(store.data_dir) == before
