@@ -210,7 +210,7 @@ class Client:
 
 
 def start_server(store: Store, embedder: Any) -> tuple[Any, threading.Thread]:
-    from device.web.app import create_app, make_server
+    from device.web import create_app, make_server
     from device.web.settings import WebSettings
 
     app = create_app(WebSettings(auth=False, secret_key="bench"), store, None, embedder)

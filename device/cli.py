@@ -18,6 +18,7 @@ import argparse  # (imported after the BLAS settings on purpose)
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per line")
 
     sub.add_parser("doctor", help="check runtime, models, camera, store and disk; say what to fix")
+
+    rp = sub.add_parser("repair", help="rebuild the database's rows from the stored images (stop edgecap first)")
+    rp.add_argument("--from", dest="from_db", metavar="FILE",
+                    help="copy rows back from this database first (a backup, or `sqlite3 edgecap.db .recover`)")
 
     w = sub.add_parser("serve", help="serve the web page only (no capturing)")
     w.add_argument("--host", help="default: [web] host")
@@ -227,9 +232,10 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import StartupError, load_captioner, load_text_embedder, open_store
-    from device.web import WebConfigError, create_app, effective_host, serve
+    from device.daemon import StartupError, load_captioner, load_text_embedder, open_store, tune_malloc
+    from device.web import WebConfigError, create_app, effective_host, exposure_warning, serve
 
+    tune_malloc()  # as `run` does: uploads decode in worker threads, each would keep its own arena
     store = open_store(config.data_dir, config.models_dir)
     try:
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
@@ -242,6 +248,8 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     except WebConfigError as e:
         raise UserError(str(e)) from None
     host = effective_host(config.web.host or None, config.web.auth)
+    if warning := exposure_warning(host, config.web.auth):
+        log.warning("%s", warning)
     try:
         serve(app, host, config.web.port)
     except OSError as e:
@@ -269,6 +277,24 @@ def cmd_hash_password(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_repair(config: Config, args: argparse.Namespace) -> int:
+    from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
+    from device.repair import RepairError, repair
+
+    def make_pipeline(store: Any) -> Pipeline:
+        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
+        return Pipeline(store, captioner, load_text_embedder(config), config.model.beam_width)
+
+    try:
+        result = repair(config.data_dir, lambda: open_store(config.data_dir, config.models_dir), make_pipeline,
+                        Path(args.from_db) if args.from_db else None, progress=print)
+    except RepairError as e:
+        raise UserError(str(e)) from None
+    print(f"repaired: {result.rows_copied} rows copied back, {result.recaptioned} images captioned again"
+          + (f", {len(result.unreadable)} unreadable images left in place" if result.unreadable else ""))
+    return EXIT_OK
+
+
 def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
     from device.doctor import doctor
 
@@ -277,7 +303,7 @@ def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "caption": cmd_caption, "ingest": cmd_ingest, "search": cmd_search,
-    "doctor": cmd_doctor, "serve": cmd_serve, "hash-password": cmd_hash_password,
+    "doctor": cmd_doctor, "serve": cmd_serve, "hash-password": cmd_hash_password, "repair": cmd_repair,
 }
 
 
@@ -294,12 +320,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     setup_logging(config.log.level)
     from device.daemon import StartupError
-    from device.store import StoreError
+    from device.store import DB_NAME, StoreError, damaged_message, is_damaged
 
     try:
         return COMMANDS[args.command](config, args)
     except (UserError, StartupError, StoreError) as e:
         print(f"edgecap: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except sqlite3.DatabaseError as e:  # found while reading, after the store opened
+        if not is_damaged(e):
+            raise
+        print(f"edgecap: {damaged_message(config.data_dir / DB_NAME, e)}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:  # `edgecap search ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

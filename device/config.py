@@ -103,6 +103,7 @@ class WebConfig:
     # The page's address as others reach it, for the links in MQTT messages and webhooks;
     # "" = http://<this host's name>:<port>
     public_url: str = _f("")
+    secure_cookies: bool = _f(False)  # true behind an HTTPS reverse proxy: the cookie goes over HTTPS only
     # Only from EDGECAP_PASSWORD (never from the file): a plain password the web app may hash at start.
     password: str = field(default="", repr=False, metadata={"env_only": True})
 

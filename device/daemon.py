@@ -164,7 +164,8 @@ def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
 
 
 def load_text_embedder(config: Config) -> Any | None:
-    """The embedder for captions, or None (search is then keyword-only)."""
+    """The embedder for captions, or None: search is then keyword-only. A broken set is logged as an
+    error (as `edgecap doctor` warns about it) but does not stop capturing."""
     name = config.model.embedder
     if name == "none":
         return None
@@ -173,7 +174,9 @@ def load_text_embedder(config: Config) -> Any | None:
     try:
         return load_embedder(config.models_dir, name, num_threads=config.model.num_threads)
     except (OSError, ValueError, RuntimeError) as e:
-        raise StartupError(f"cannot load embedder {name!r}: {e}") from e
+        log.error("cannot load embedder %r (%s): search is keyword-only and new captures get no caption "
+                  "embedding until it is fixed (reinstall the model set; `edgecap doctor` checks it)", name, e)
+        return None
 
 
 def embedding_text(cap: Any) -> str:
@@ -236,8 +239,11 @@ def open_store(data_dir: Path, models_dir: Path | None = None) -> Any:
 
     try:
         projection = load_image_projection(models_dir)
-    except ModelSetError as e:
-        raise StartupError(f"cannot load the image projection: {e}") from e
+    except (ModelSetError, OSError, ValueError) as e:
+        # Captures go on (their image vectors then only serve "more like this"), as doctor warns.
+        log.error("cannot load the image projection (%s): typed searches will not find new captures by "
+                  "their image until it is fixed (reinstall the model set; `edgecap doctor` checks it)", e)
+        projection = None
     try:
         return Store(data_dir, image_projection=projection)
     except StoreError as e:
@@ -277,6 +283,7 @@ class Daemon:
         self._store_errors: tuple[type[BaseException], ...] = (StoreError, OSError, sqlite3.Error)
         self._last_retention = float("-inf")
         self._store_backoff = Backoff()
+        self.pending: tuple[Frame, np.ndarray | None] | None = None  # a frame the store could not take yet
 
     # waits that wake for stop and keep the watchdog fed
     def _sleep(self, seconds: float) -> None:
@@ -322,18 +329,24 @@ class Daemon:
                 self.stats.skipped_same += 1
                 log.debug("skipped: change %.4f < min_change %.4f", diff, self.gate.min_change)
                 return
+        self.store_frame(frame, sig)
+
+    def store_frame(self, frame: Frame, sig: np.ndarray | None) -> None:
+        """Caption, embed and store a frame that passed the gate. When the store cannot take it (disk
+        full, database locked...), the frame is kept and tried again after a back-off (`retry_pending`)."""
         try:
             try:
                 cid, cap = self.pipeline.process(frame)
             except self._full_error as e:
-                # make room and try once more; if still full, wait and keep capturing later
+                # make room and try once more; if still full, keep the frame and try again later
                 log.warning("store full (%s): deleting the oldest captures", e)
                 self.retention(force=True)
                 cid, cap = self.pipeline.process(frame)
         except self._store_errors as e:
             self.stats.errors += 1
             delay = self._store_backoff.next()
-            log.error("cannot store the capture (%s); retrying in %.0f s", e, delay)
+            log.error("cannot store the capture from %s (%s); trying it again in %.0f s", frame.source, e, delay)
+            self.pending = (frame, sig)
             self._sleep(delay)
             return
         except Exception:
@@ -359,6 +372,15 @@ class Daemon:
                 "edgecap_caption_seconds", "Time to caption one frame (encoder + beam search)"),
         ]
 
+    def retry_pending(self) -> bool:
+        """Try the frame the store could not take again; True when there was one."""
+        if self.pending is None:
+            return False
+        frame, sig = self.pending
+        self.pending = None
+        self.store_frame(frame, sig)
+        return True
+
     def run(self) -> RunStats:
         cfg = self._resolved_config()
         interval = cfg.capture.interval
@@ -373,6 +395,10 @@ class Daemon:
             while not self.stop.is_set():
                 self.notifier.watchdog()
                 self.retention()
+                if self.retry_pending():
+                    if limit and self.stats.stored >= limit:
+                        break
+                    continue
                 if finished:
                     if not self.keep_alive():
                         break
@@ -422,6 +448,9 @@ class Daemon:
         finally:
             if source is not None:
                 source.close()
+            if self.pending is not None:
+                log.warning("stopping with one capture from %s that the store could not take",
+                            self.pending[0].source)
         return self.stats
 
 
@@ -443,7 +472,7 @@ def install_signal_handlers(stop: threading.Event) -> None:
 def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started: float,
               metrics: Registry | None = None, alerts: Any = None) -> Any:
     """Serve the page in a thread; returns the server (call .stop()). Raises StartupError."""
-    from device.web import WebConfigError, create_app, effective_host, make_server
+    from device.web import WebConfigError, create_app, effective_host, exposure_warning, make_server
 
     web = config.web
     if web.auth and not (web.password_hash or web.password) and not web.host:
@@ -460,6 +489,8 @@ def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started
         raise StartupError(str(e)) from e
     except OSError as e:
         raise StartupError(f"cannot listen on {config.web.host or '*'}:{config.web.port}: {e.strerror or e}") from e
+    if warning := exposure_warning(host, config.web.auth):
+        log.warning("%s", warning)
     thread = threading.Thread(target=server.serve_forever, name="edgecap-web", daemon=True)
     thread.start()
     log.info("web page on http://%s:%s/", host, server.port)

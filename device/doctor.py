@@ -80,6 +80,23 @@ def check_models(r: Report, config: Config) -> None:
         size = sum(int(v) for v in (manifest.get("sizes") or {}).values())
         q = manifest.get("quantization", "")
         r.line(OK, role, f"{name} ({q}, {size / 1e6:.1f} MB, sha256 verified)")
+    check_projection(r, models_dir)
+
+
+def check_projection(r: Report, models_dir: Path) -> None:
+    """The image projection is optional; a broken one is a warning, as `edgecap run` goes on without it."""
+    from device.image_projection import DEFAULT_SET, load_image_projection
+
+    try:
+        projection = load_image_projection(models_dir)
+    except Exception as e:  # noqa: BLE001 - any problem with the set is reported, not raised
+        r.line(WARN, "projection", f"{DEFAULT_SET}: {e}",
+               "reinstall the model set; until then typed searches do not match new captures' images")
+        return
+    if projection is None:
+        r.line(WARN, "projection", f"no {DEFAULT_SET} set: typed searches use captions only")
+    else:
+        r.line(OK, "projection", f"{DEFAULT_SET} (sha256 verified)")
 
 
 def check_camera(r: Report, config: Config) -> None:
@@ -107,30 +124,47 @@ def check_camera(r: Report, config: Config) -> None:
     r.line(OK, "camera", f"{src.describe()}: {got}")
 
 
+REPAIR = ("stop edgecap (sudo systemctl stop edgecap) and run `edgecap repair`: it keeps the damaged file "
+          "and rebuilds the rows from it and from the stored images")
+
+
 def check_store(r: Report, config: Config) -> None:
+    import os
+
+    from device.repair import database_problem
+    from device.store import not_writable
+
     db = config.data_dir / "edgecap.db"
     if not db.exists():
         parent = next((p for p in [config.data_dir, *config.data_dir.parents] if p.exists()), None)
-        import os
-
         if parent is not None and os.access(parent, os.W_OK):
             r.line(OK, "store", f"no database yet in {config.data_dir} (created on first run)")
         else:
             r.line(FAIL, "store", f"{config.data_dir} does not exist and cannot be created",
                    "set data_dir / --data-dir to a writable folder")
         return
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            count = conn.execute("SELECT count(*) FROM captures").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        r.line(FAIL, "store", f"{db}: {e}", "stop edgecap, move the file aside, and run again (a new one is made)")
+    if why := not_writable(config.data_dir):
+        problem, _, fix = why.partition(": ")
+        r.line(FAIL, "store", problem, fix)
         return
-    if check != "ok":
-        r.line(FAIL, "store", f"{db}: integrity check says {check}", "restore a backup or move the file aside")
+    problem = database_problem(db)
+    if problem is not None:
+        r.line(FAIL, "store", f"{db}: {problem}", REPAIR)
+        return
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        count = conn.execute("SELECT count(*) FROM captures").fetchone()[0]
+        named = {row[0].rsplit("/", 1)[-1] for row in conn.execute("SELECT image FROM captures")}
+    finally:
+        conn.close()
+    images = config.data_dir / "images"
+    files = {p.name for p in images.glob("*/*.jpg")} if images.is_dir() else set()
+    from device.upkeep import too_many_to_delete
+
+    orphans = len(files - named)
+    if too_many_to_delete(orphans, count):
+        r.line(WARN, "store", f"{count} captures in {db}, but {orphans} stored images have no row (the "
+               "database was replaced, emptied or lost rows)", REPAIR)
     else:
         r.line(OK, "store", f"{count} captures in {db}")
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import io
-import itertools
 import json
 import logging
 import math
@@ -39,7 +38,6 @@ import secrets
 import shutil
 import sqlite3
 import threading
-import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -271,6 +269,32 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).astimezone().isoformat(timespec="seconds")
 
 
+def is_damaged(exc: BaseException) -> bool:
+    """SQLite says the database file is corrupt or not a database."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def damaged_message(db_path: Path, exc: BaseException) -> str:
+    return (f"{db_path} is damaged ({exc}): stop edgecap and run `edgecap repair` (it keeps the file and "
+            "rebuilds the rows; do not delete it)")
+
+
+def not_writable(data_dir: Path) -> str | None:
+    """Why the store cannot write in `data_dir` (None when it can): what to fix, not a SQLite message."""
+    for p in (data_dir, data_dir / DB_NAME):
+        if not p.exists() or os.access(p, os.W_OK):
+            continue
+        try:
+            read_only = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        if read_only:
+            return f"{p} is on a read-only file system: mount it read-write, or set data_dir to another folder"
+        return (f"{p} is not writable by this user: give the user edgecap runs as write access "
+                f"(e.g. sudo chown -R edgecap: {data_dir}), or set data_dir")
+    return None
+
+
 def _is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
@@ -390,6 +414,10 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             if _is_disk_full(e):
                 raise StoreFullError(f"cannot open the store: the disk holding {self.data_dir} is full") from e
+            if why := not_writable(self.data_dir):
+                raise StoreError(f"cannot open the store: {why}") from e
+            if is_damaged(e):
+                raise StoreError(damaged_message(self.db_path, e)) from e
             raise StoreError(f"cannot open the store in {self.data_dir}: {e}") from e
 
     # -- connections ---------------------------------------------------------------------------------
@@ -558,7 +586,7 @@ class Store:
                 if _is_disk_full(e):
                     raise StoreFullError(
                         f"the disk holding {self.data_dir} is full: the capture was not stored "
-                        "(lower [storage] max_bytes or free some space)"
+                        "(lower [store] max_size_mb or free some space)"
                     ) from e
                 if isinstance(e, sqlite3.Error):
                     raise StoreError(f"cannot write to {self.db_path}: {e}") from e
@@ -752,137 +780,29 @@ class Store:
             out["disk_free"] = None
         return out
 
-    # -- maintenance ---------------------------------------------------------------------------------
+    # -- maintenance (device/upkeep.py) -------------------------------------------------------------
 
     def enforce_retention(self, max_bytes: int | None, min_free_bytes: int | None = None) -> int:
-        """Delete the oldest captures until store bytes <= max_bytes and disk free >= min_free_bytes.
+        """Delete the oldest captures to meet the size limit and the free-space floor (see upkeep)."""
+        from device.upkeep import enforce_retention
 
-        Store bytes = database pages in use + image and thumbnail files. 0/None disables a limit.
-        Returns the number of captures deleted.
-        """
-        deleted = 0
-        while True:
-            count = self.count()
-            if count == 0:
-                break
-            size = self._used_db_bytes() + self._file_bytes()
-            need = max(0, size - max_bytes) if max_bytes else 0
-            if min_free_bytes:
-                need = max(need, int(min_free_bytes) - int(self._disk_usage(self.data_dir).free))
-            if need <= 0:
-                break
-            per_capture = max(1.0, size / count)
-            batch = min(500, max(1, math.ceil(need / per_capture)))
-            ids = [
-                r[0]
-                for r in self.connection().execute(
-                    "SELECT id FROM captures ORDER BY time, id LIMIT ?", (batch,)
-                )
-            ]
-            n = self.delete(ids)
-            if n == 0:
-                break
-            deleted += n
-        if deleted:
-            log.info("retention: deleted %d oldest captures", deleted)
-            if self.count() == 0:
-                log.warning("retention: the store is empty and the limits are still not met")
-        return deleted
+        return enforce_retention(self, max_bytes, min_free_bytes)
 
     def reconcile(self, grace_seconds: float = 60.0) -> dict[str, int]:
-        """Make rows and files agree after a crash; run at start-up.
+        """Make rows and files agree after a crash, never deleting what a crash cannot explain (see upkeep)."""
+        from device.upkeep import reconcile
 
-        Deletes rows whose image is missing, files that no row references, and leftover temp files.
-        Files younger than ``grace_seconds`` are left alone: another process (``edgecap ingest``)
-        may have written them and not yet committed the row. A missing thumbnail is rebuilt.
-        """
-        result = {"rows_deleted": 0, "files_deleted": 0, "temp_deleted": 0, "thumbs_rebuilt": 0}
-        cutoff = _time.time() - grace_seconds
-        conn = self.connection()
-        days = sorted(
-            {p.name for d in (self.images_dir, self.thumbs_dir) if d.is_dir() for p in d.iterdir() if p.is_dir()}
-        )
-        missing: list[int] = []
-        covered: list[tuple[int, int]] = []
-        for day in days:
-            start = _day_start(day)
-            if start is None:
-                log.warning("reconcile: leaving %s alone (not a store folder)", day)
-                continue
-            covered.append((start, start + _DAY))
-            listings = {}
-            for kind, root in ((IMAGES, self.images_dir), (THUMBS, self.thumbs_dir)):
-                names: dict[str, Path] = {}
-                folder = root / day
-                if folder.is_dir():
-                    for p in folder.iterdir():
-                        if p.name.startswith(TMP_PREFIX):
-                            if _mtime(p) < cutoff:
-                                p.unlink(missing_ok=True)
-                                result["temp_deleted"] += 1
-                        elif p.is_file():
-                            names[f"{kind}/{day}/{p.name}"] = p
-                listings[kind] = names
-            referenced: set[str] = set()
-            rows = conn.execute(
-                "SELECT id, image, thumb FROM captures WHERE time >= ? AND time < ?", (start, start + _DAY)
-            ).fetchall()
-            for r in rows:
-                referenced.update((r["image"], r["thumb"]))
-                has_image = r["image"] in listings[IMAGES] or (self.data_dir / r["image"]).is_file()
-                if not has_image:
-                    missing.append(r["id"])
-                elif not (r["thumb"] in listings[THUMBS] or (self.data_dir / r["thumb"]).is_file()):
-                    if self._rebuild_thumb(r["image"], r["thumb"]):
-                        result["thumbs_rebuilt"] += 1
-                    else:
-                        missing.append(r["id"])
-            for kind in (IMAGES, THUMBS):
-                for rel, p in listings[kind].items():
-                    if rel not in referenced and _mtime(p) < cutoff:
-                        p.unlink(missing_ok=True)
-                        result["files_deleted"] += 1
-        # Rows whose day has no folder at all.
-        bounds = [(-math.inf, -math.inf)] + covered + [(math.inf, math.inf)]
-        for (_, gap_start), (gap_end, _) in itertools.pairwise(bounds):
-            if gap_start >= gap_end:
-                continue
-            for r in conn.execute(
-                "SELECT id, image FROM captures WHERE time >= ? AND time < ?",
-                (max(gap_start, -1e300), min(gap_end, 1e300)),
-            ):
-                if not (self.data_dir / r["image"]).is_file():
-                    missing.append(r["id"])
-        if missing:
-            result["rows_deleted"] = self.delete(missing)
-        for root in (self.images_dir, self.thumbs_dir):
-            for folder in list(root.iterdir()) if root.is_dir() else []:
-                if folder.is_dir() and _day_start(folder.name) is not None:
-                    try:
-                        folder.rmdir()  # only succeeds when empty
-                    except OSError:
-                        pass
-        if any(result.values()):
-            log.info("reconcile: %s", result)
-        return result
+        return reconcile(self, grace_seconds)
 
-    def _rebuild_thumb(self, rel_image: str, rel_thumb: str) -> bool:
-        src = self.data_dir / rel_image
-        dst = self.data_dir / rel_thumb
-        try:
-            with Image.open(src) as im:
-                data = _jpeg_bytes(_thumbnail(im.convert("RGB")), THUMB_QUALITY)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(dst, data)
-        except (OSError, ValueError) as e:
-            log.warning("reconcile: cannot rebuild thumbnail %s: %s", dst, e)
-            return False
-        # The thumbnail size changed; keep the byte totals right.
-        with self._write_lock:
-            self.connection().execute(
-                "UPDATE captures SET thumb_bytes = ? WHERE thumb = ?", (len(data), rel_thumb)
-            )
-        return True
+    def file_bytes(self) -> int:
+        """Bytes of image and thumbnail files, from the running total."""
+        return self._file_bytes()
+
+    def used_db_bytes(self) -> int:
+        return self._used_db_bytes()
+
+    def disk_free(self) -> int:
+        return int(self._disk_usage(self.data_dir).free)
 
 
 def filter_sql(
@@ -902,13 +822,6 @@ def filter_sql(
         clauses.append(f"{prefix}time < ?")
         args.append(float(until))
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
-
-
-def _mtime(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -36,7 +36,7 @@ def edgecap(tmp_path: Path, *args: str, stdin: str | None = None, env_extra: dic
 def test_help_and_usage(tmp_path: Path) -> None:
     r = edgecap(tmp_path, "--help")
     assert r.returncode == 0
-    for cmd in ("run", "caption", "ingest", "search", "doctor", "serve", "hash-password"):
+    for cmd in ("run", "caption", "ingest", "search", "doctor", "serve", "hash-password", "repair"):
         assert cmd in r.stdout
     r = edgecap(tmp_path)
     assert r.returncode == 2 and "usage" in r.stderr

@@ -152,18 +152,19 @@ def test_reconcile_repairs_what_a_crash_can_leave(store: Store) -> None:
 
     # Files younger than the grace period may belong to another process's add in flight.
     result = store.reconcile()
-    assert result == {"rows_deleted": 1, "files_deleted": 0, "temp_deleted": 0, "thumbs_rebuilt": 1}
+    assert result == {"rows_deleted": 1, "files_deleted": 0, "temp_deleted": 0, "thumbs_rebuilt": 1,
+                      "files_kept": 0, "rows_kept": 0}
     assert orphan.exists() and temp.exists()
 
     result = store.reconcile(grace_seconds=0)
-    assert result == {"rows_deleted": 0, "files_deleted": 2, "temp_deleted": 1, "thumbs_rebuilt": 0}
+    assert result == {"rows_deleted": 0, "files_deleted": 2, "temp_deleted": 1, "thumbs_rebuilt": 0,
+                      "files_kept": 0, "rows_kept": 0}
     assert store.get(lost) is None
     assert store.file_path(no_thumb, "thumb") is not None
     assert not orphan.exists() and not temp.exists() and not other_day.exists()
     rows = store.connection().execute("SELECT image, thumb FROM captures").fetchall()
     assert _files(store.data_dir) == {r[i] for r in rows for i in (0, 1)}
-    assert store.reconcile(grace_seconds=0) == {
-        "rows_deleted": 0, "files_deleted": 0, "temp_deleted": 0, "thumbs_rebuilt": 0}
+    assert not any(store.reconcile(grace_seconds=0).values())
     assert store.stats()["image_bytes"] == sum((store.data_dir / f).stat().st_size for f in _files(store.data_dir))
 
 
@@ -191,7 +192,7 @@ def test_full_disk_while_writing_a_file_leaves_nothing_behind(store: Store, monk
         real_fsync(fd)
 
     monkeypatch.setattr(store_mod.os, "fsync", fsync_full)
-    with pytest.raises(StoreFullError, match="full"):
+    with pytest.raises(StoreFullError, match=r"full.*\[store\] max_size_mb"):
         _add(store, "during", T0 + 1)
     monkeypatch.undo()
     assert _files(store.data_dir) == before

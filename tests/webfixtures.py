@@ -198,3 +198,15 @@ def wait_until(pred, timeout: float = 10.0, every: float = 0.05) -> bool:
             return True
         time.sleep(every)
     return pred()
+
+
+def held_bytes(folder: Path) -> int:
+    """Bytes of files under `folder` this process has open, deleted ones included (O_TMPFILE)."""
+    total = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            if str(fd.readlink()).startswith(str(folder)):
+                total += fd.stat().st_size
+        except OSError:
+            continue
+    return total

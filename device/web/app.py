@@ -6,6 +6,7 @@ Routes live in api.py (JSON) and views.py (HTML); both read the shared objects f
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import secrets
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, jsonify, render_template, request, session, url_for
+from flask import Flask, Request, current_app, g, jsonify, render_template, request, session, url_for
+from werkzeug.datastructures import Authorization
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_cookie
 from werkzeug.routing import IntegerConverter
 
-from .auth import ENV_PASSWORD, FailureLimiter, PasswordChecker, new_csrf_token, same_token
-from .settings import WebConfigError, WebSettings, load_or_create_secret, settings_from
+from .auth import ENV_PASSWORD, FailureLimiter, PasswordChecker, RevokedSessions, new_csrf_token, same_token
+from .server import ADMIT, UNVERIFIED, Limits
+from .settings import WebConfigError, WebSettings, host_allowed, load_or_create_secret, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,13 @@ HERE = Path(__file__).resolve().parent
 # Reachable without credentials: health checks, the login form and its stylesheet (no data in them).
 PUBLIC_ENDPOINTS = frozenset({"healthz", "views.login", "static"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SESSION_LIFETIME_S = 30 * 24 * 3600
+LOGIN_PATH = "/login"
+LOGIN_MAX_BODY = 16 * 1024  # the login form: a password, a token and a path
+REVOKED_FILE = "web_revoked_sessions.json"
+BASIC_CHALLENGE = 'Basic realm="edgecap", charset="UTF-8"'
+BAD_HOST = ("this page answers without a password only to localhost names and IP addresses (a "
+            "protection against DNS rebinding); open it by IP address, or set a password")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -52,11 +63,21 @@ class AppState:
     started: float
     checker: PasswordChecker
     limiter: FailureLimiter
-    # TFLite interpreters are not thread-safe; uploads are captioned one at a time.
+    revoked: RevokedSessions
+    # TFLite interpreters are not thread-safe, and a large photo decodes to tens of MB: uploads are
+    # decoded and captioned one at a time.
     caption_lock: threading.Lock = field(default_factory=threading.Lock)
     static_version: str = ""
     metrics: Any = None  # device.metrics.Registry of the running daemon, or None (`edgecap serve`)
     alerts: Any = None  # device.alerts.Alerts of the running daemon, or None
+
+
+class InMemoryUploadRequest(Request):
+    """Uploaded files stay in memory (the body already is, within the server's budget): werkzeug would
+    put those over 500 KB in temporary files, which may share the data disk."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
 
 
 def state() -> AppState:
@@ -99,8 +120,7 @@ def _client_addr() -> str:
 def _unauthorized(message: str = "authentication required"):
     if is_api() or request.path == "/healthz":
         resp = error_response(401, message)
-        # Basic only on the API: on pages it would pop the browser's own dialog over our login form.
-        resp.headers["WWW-Authenticate"] = 'Basic realm="edgecap", charset="UTF-8"'
+        resp.headers.extend(challenge(request.path))
         return resp
     resp = current_app.make_response(
         render_template("login.html", next=request.full_path.rstrip("?"), error=None)
@@ -109,10 +129,29 @@ def _unauthorized(message: str = "authentication required"):
     return resp
 
 
+def session_authenticated(st: AppState, data: Any) -> bool:
+    """A session made by logging in with the current password, and not logged out since."""
+    sid = data.get("sid") if hasattr(data, "get") else None
+    return bool(sid) and data.get("auth") == st.checker.fingerprint and not st.revoked.revoked(str(sid))
+
+
+def check_basic(st: AppState, password: str | None, addr: str) -> bool | None:
+    """Check a password under the failure limiter: True / False, or None when the address is blocked."""
+    if not st.limiter.begin(addr):
+        return None
+    ok = st.checker.verify(password)
+    st.limiter.finish(addr, ok)
+    if not ok:
+        log.info("rejected credentials from %s", addr)  # never the credentials themselves
+    return ok
+
+
 def _authenticate():
     """before_request: sets g.auth_via to "basic", "session" or "none" (auth disabled)."""
     st = state()
     g.auth_via = None
+    if not host_allowed(request.host, st.settings):
+        return error_response(403, BAD_HOST)
     if not st.settings.auth:
         g.auth_via = "none"
         return None
@@ -120,19 +159,76 @@ def _authenticate():
         return None
     creds = request.authorization
     if creds is not None and creds.type == "basic":
-        addr = _client_addr()
-        if st.limiter.blocked(addr):
+        ok = check_basic(st, creds.password, _client_addr())
+        if ok is None:
             return error_response(429, "too many failed logins; try again in a minute")
-        if st.checker.verify(creds.password):
+        if ok:
             g.auth_via = "basic"
             return None
-        st.limiter.fail(addr)
-        log.info("rejected credentials from %s", addr)  # never the credentials themselves
         return _unauthorized("wrong password")
-    if session.get("auth") == st.checker.fingerprint:
+    if session_authenticated(st, session):
         g.auth_via = "session"
         return None
     return _unauthorized()
+
+
+def challenge(path: str) -> tuple[tuple[str, str], ...]:
+    # Basic only on the API: on pages it would pop the browser's own dialog over our login form.
+    return (("WWW-Authenticate", BASIC_CHALLENGE),) if path.startswith("/api/") or path == "/healthz" else ()
+
+
+def body_gate(app: Flask):
+    """For the server (server.py): judge a request with a body from its headers alone, before the body
+    is read. Returns ADMIT, UNVERIFIED (a Basic password not checked yet: the app checks it) or
+    (status, message, headers)."""
+    st: AppState = app.extensions["edgecap"]
+    serializer = app.session_interface.get_signing_serializer(app)
+    cookie_name = app.config["SESSION_COOKIE_NAME"]
+
+    def gate(path: str, headers: dict[str, str], addr: str):
+        if not host_allowed(headers.get("HOST", ""), st.settings):
+            return 403, BAD_HOST, ()
+        if not st.settings.auth:
+            return ADMIT
+        if path == LOGIN_PATH:
+            if int(headers.get("CONTENT_LENGTH") or LOGIN_MAX_BODY + 1) > LOGIN_MAX_BODY:
+                return 413, "the login form is larger than a login form can be", ()
+            return ADMIT
+        password = _basic_password(headers.get("AUTHORIZATION", ""))
+        if password is not None:
+            if st.limiter.blocked(addr):
+                return 429, "too many failed logins; try again in a minute", (("Retry-After", "60"),)
+            known = st.checker.verify_cheaply(password)
+            if known is None:
+                return UNVERIFIED
+            if known:
+                return ADMIT
+            check_basic(st, password, addr)  # cheap here: counts the failure
+            return 401, "wrong password", challenge(path)
+        cookie = parse_cookie(headers.get("COOKIE", "")).get(cookie_name)
+        if serializer is not None and cookie:
+            try:
+                data = serializer.loads(cookie, max_age=SESSION_LIFETIME_S)
+            except Exception:  # noqa: BLE001 - any bad or expired cookie is simply not a session
+                data = {}
+            if session_authenticated(st, data):
+                return ADMIT
+        return 401, "authentication required", challenge(path)
+
+    return gate
+
+
+def _basic_password(value: str) -> str | None:
+    auth = Authorization.from_header(value or None)
+    return auth.password if auth is not None and auth.type == "basic" else None
+
+
+def server_limits(app: Flask) -> Limits:
+    """The server's limits from the app's settings: bodies up to the upload limit (plus the form's own
+    bytes), and memory for a few such uploads at once."""
+    max_body = int(app.config["MAX_CONTENT_LENGTH"]) + 64 * 1024
+    settings: WebSettings = app.extensions["edgecap"].settings
+    return Limits(max_body=max_body, body_budget=settings.concurrent_uploads * max_body)
 
 
 def _check_origin_and_csrf():
@@ -198,6 +294,7 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
             "or set EDGECAP_PASSWORD, or start with --no-auth (then it listens on 127.0.0.1 only)"
         )
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.request_class = InMemoryUploadRequest
     secret = settings.secret_key
     if not secret:
         secret = load_or_create_secret(settings.data_dir) if settings.data_dir else secrets.token_hex(32)
@@ -213,7 +310,7 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.secure_cookies,
-        PERMANENT_SESSION_LIFETIME=30 * 24 * 3600,
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME_S,
         SEND_FILE_MAX_AGE_DEFAULT=7 * 24 * 3600,  # static URLs carry a content hash
         JSON_SORT_KEYS=False,
         TRAP_HTTP_EXCEPTIONS=False,
@@ -226,6 +323,8 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
         started=time.time() if started is None else started, checker=checker,
         limiter=FailureLimiter(max_failures=settings.max_login_failures), static_version=_static_version(),
         metrics=metrics, alerts=alerts,
+        revoked=RevokedSessions(settings.data_dir / REVOKED_FILE if settings.data_dir else None,
+                                SESSION_LIFETIME_S),
     )
 
     app.before_request(_authenticate)
@@ -273,67 +372,3 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     app.register_blueprint(alert_routes.bp)
     app.register_blueprint(metrics_routes.bp)
     return app
-
-
-class WebServer:
-    """A waitress server that can be stopped cleanly from another thread or a signal handler.
-
-    waitress's own `close()` tears the sockets down under a running select() loop; here the loop
-    runs in short slices and the serving thread closes everything itself once `stop()` is called.
-    """
-
-    def __init__(self, app: Flask, host: str, port: int, threads: int):
-        from waitress.server import create_server
-
-        max_body = int(app.config.get("MAX_CONTENT_LENGTH") or 10 * 1024 * 1024) + 64 * 1024
-        # Requests larger than the upload limit are refused by waitress before they reach the app.
-        self._server = create_server(
-            app, host=host, port=port, threads=threads, ident="edgecap",
-            max_request_body_size=max_body, clear_untrusted_proxy_headers=True,
-            channel_timeout=60, connection_limit=200,
-        )
-        self._stop = threading.Event()
-
-    @property
-    def port(self) -> int:
-        return int(self._server.effective_port)
-
-    @property
-    def host(self) -> str:
-        return str(self._server.effective_host)
-
-    def serve_forever(self) -> None:
-        """Serve until `stop()`; then close the sockets and wait for running requests to finish."""
-        from waitress import wasyncore
-
-        srv = self._server
-        try:
-            while not self._stop.is_set():
-                wasyncore.loop(timeout=srv.adj.asyncore_loop_timeout, map=srv._map,
-                               use_poll=srv.adj.asyncore_use_poll, count=1)
-        finally:
-            srv.task_dispatcher.shutdown()
-            wasyncore.close_all(srv._map)
-
-    def stop(self) -> None:
-        self._stop.set()
-        try:
-            self._server.pull_trigger()  # wake the select() now rather than at its timeout
-        except OSError:
-            pass
-
-
-def make_server(app: Flask, host: str = "0.0.0.0", port: int = 8080, threads: int = 8) -> WebServer:
-    """A waitress server bound to host:port (port 0 = any free port). Run it with
-    `.serve_forever()` (in a thread if you like) and end it with `.stop()`; `.port` is the real port."""
-    return WebServer(app, host, port, threads)
-
-
-def serve(app: Flask, host: str = "0.0.0.0", port: int = 8080, threads: int = 8) -> None:
-    """Serve `app` with waitress until interrupted (never Flask's development server)."""
-    server = make_server(app, host, port, threads)
-    log.info("serving on http://%s:%s/", host, server.port)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass

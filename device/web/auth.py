@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import logging
 import os
 import secrets
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 from werkzeug.security import check_password_hash, generate_password_hash
+
+log = logging.getLogger(__name__)
 
 ENV_PASSWORD = "EDGECAP_PASSWORD"
 
@@ -56,6 +61,19 @@ class PasswordChecker:
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
+    def verify_cheaply(self, password: str | None) -> bool | None:
+        """True / False when the answer costs no password hashing (the environment password, or a
+        password already verified); None when only `verify()` can tell."""
+        if not password or len(password) > 1024:
+            return False
+        d = self._digest(password)
+        if self._env_digest is not None:
+            return hmac.compare_digest(d, self._env_digest)
+        if not self._hash:
+            return False
+        with self._lock:
+            return True if d in self._ok else None
+
     def verify(self, password: str | None) -> bool:
         if not password or len(password) > 1024:
             return False
@@ -81,13 +99,18 @@ class PasswordChecker:
 
 
 class FailureLimiter:
-    """Refuses further password attempts from an address after too many failures in a window."""
+    """Refuses further password attempts from an address after too many failures in a window.
+
+    An attempt is counted from `begin()` (before the slow password check) to `finish()`, so many
+    wrong passwords sent at once cannot all be checked before the first failure is recorded.
+    """
 
     def __init__(self, max_failures: int = 20, window_s: float = 60.0, max_tracked: int = 1024):
         self.max_failures = max_failures
         self.window_s = window_s
         self.max_tracked = max_tracked
         self._fails: dict[str, list[float]] = {}
+        self._checking: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _recent(self, addr: str, now: float) -> list[float]:
@@ -102,17 +125,72 @@ class FailureLimiter:
         with self._lock:
             return len(self._recent(addr, time.monotonic())) >= self.max_failures
 
-    def fail(self, addr: str) -> None:
+    def begin(self, addr: str) -> bool:
+        """Reserve one attempt for `addr`; False (nothing reserved) when it may not try now."""
+        with self._lock:
+            busy = len(self._recent(addr, time.monotonic())) + self._checking.get(addr, 0)
+            if busy >= self.max_failures:
+                return False
+            self._checking[addr] = self._checking.get(addr, 0) + 1
+            return True
+
+    def finish(self, addr: str, ok: bool) -> None:
+        """End an attempt from `begin()`: a success forgets the address's failures, a failure counts."""
         now = time.monotonic()
         with self._lock:
+            left = self._checking.get(addr, 1) - 1
+            if left > 0:
+                self._checking[addr] = left
+            else:
+                self._checking.pop(addr, None)
+            if ok:
+                self._fails.pop(addr, None)
+                return
             if len(self._fails) >= self.max_tracked and addr not in self._fails:
                 self._fails.pop(next(iter(self._fails)))  # forget the oldest address, bounded memory
             self._recent(addr, now)
             self._fails.setdefault(addr, []).append(now)
 
-    def reset(self, addr: str) -> None:
+
+class RevokedSessions:
+    """Session ids ended by logging out, until the cookie would have expired anyway.
+
+    The session cookie is signed, not stored: without this list a copy of it would stay valid after
+    logout. Kept in a small JSON file in the data folder so a restart does not bring sessions back.
+    """
+
+    def __init__(self, path: Path | None, lifetime_s: float):
+        self.path, self.lifetime_s = path, lifetime_s
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+        if path is not None:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                self._until = {str(k): float(v) for k, v in data.items()}
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, AttributeError, TypeError) as e:
+                log.warning("cannot read %s (%s); starting an empty list", path, e)
+
+    def revoke(self, sid: str) -> None:
+        now = time.time()
         with self._lock:
-            self._fails.pop(addr, None)
+            self._until = {k: v for k, v in self._until.items() if v > now}
+            self._until[sid] = now + self.lifetime_s
+            data = json.dumps(self._until)
+        if self.path is not None:
+            try:
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(data)
+                os.replace(tmp, self.path)
+            except OSError as e:
+                log.warning("cannot write %s (%s); the logout holds until a restart", self.path, e)
+
+    def revoked(self, sid: str) -> bool:
+        with self._lock:
+            return self._until.get(sid, 0.0) > time.time()
 
 
 def new_csrf_token() -> str:

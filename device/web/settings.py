@@ -6,9 +6,11 @@ section with `auth`, `password_hash`, `password` (env only), `max_upload_mb`, `s
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ class WebSettings:
     beam_width: int = 3  # for POST /api/caption
     max_login_failures: int = 20  # per client address per minute, then 429
     secure_cookies: bool = False  # set True behind an HTTPS reverse proxy
+    concurrent_uploads: int = 4  # request bodies of the largest size held in memory at once
 
 
 def settings_from(config: Any) -> WebSettings:
@@ -59,6 +62,7 @@ def settings_from(config: Any) -> WebSettings:
         secret_key=getattr(web, "secret_key", None) or None,
         beam_width=int(beam),
         data_dir=Path(data_dir) if data_dir else None,
+        secure_cookies=bool(getattr(web, "secure_cookies", False)),
     )
 
 
@@ -86,6 +90,49 @@ def load_or_create_secret(data_dir: str | os.PathLike[str]) -> str:
     except OSError as e:
         log.warning("cannot write %s (%s); sessions end when the server restarts", path, e.strerror)
     return key
+
+
+def host_allowed(host: str, settings: WebSettings) -> bool:
+    """Whether to answer a request whose Host header is `host`.
+
+    With a password, any: the password protects the data. Without one, only names a web page
+    elsewhere cannot point at this device (DNS rebinding): localhost names, IP addresses, and this
+    machine's own host name (also with .local).
+    """
+    if settings.auth:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # [v6 address]:port
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    if not name:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    own = socket.gethostname().lower().partition(".")[0]
+    return bool(own) and name in (own, f"{own}.local")
+
+
+def exposure_warning(host: str, auth: bool) -> str | None:
+    """A warning when the page is served to the network without a password (None otherwise)."""
+    if auth:
+        return None
+    try:
+        local = ipaddress.ip_address(host or "0.0.0.0").is_loopback
+    except ValueError:
+        local = host.lower() == "localhost"
+    if local:
+        return None
+    return (f"the page is served on {host or '0.0.0.0'} WITHOUT a password: anyone who can reach this "
+            "machine can read and add captures. Set a password (`edgecap hash-password`) or listen on "
+            "127.0.0.1")
 
 
 def effective_host(host: str | None, auth: bool, default: str = "0.0.0.0") -> str:

@@ -9,14 +9,19 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 FORMATS = ("JPEG", "PNG", "WEBP")
-MAX_PIXELS = 40_000_000  # ~ a 48 MP phone photo at most; bigger is a decompression bomb here
+# A 24 MP camera's photo at most. PNG and WebP decode at full size (~100 MB at this limit, RGBA);
+# JPEGs decode at 1/2, 1/4 or 1/8 scale straight from the file (draft mode), so they stay small.
+MAX_PIXELS = 24_000_000
+# The long side kept: the captioner sees 224x224 and a kept upload is stored like a camera frame.
+MAX_SIDE = 2048
 
 
 def decode_upload(file: FileStorage | None, max_bytes: int) -> Image.Image:
     """The uploaded `image` field as an RGB PIL image, upright (EXIF orientation applied).
 
-    Raises BadRequest (no file / empty / damaged), UnsupportedMediaType (not JPEG/PNG/WebP) or
-    RequestEntityTooLarge (bytes or pixels), each with a message a user can act on.
+    At most MAX_SIDE pixels on the long side. Raises BadRequest (no file / empty / damaged),
+    UnsupportedMediaType (not JPEG/PNG/WebP) or RequestEntityTooLarge (bytes or pixels), each with a
+    message a user can act on. Callers decode one upload at a time (AppState.caption_lock).
     """
     if file is None:
         raise BadRequest(description="send the photo as a multipart form field named 'image'")
@@ -33,9 +38,17 @@ def decode_upload(file: FileStorage | None, max_bytes: int) -> Image.Image:
             if w < 1 or h < 1:
                 raise BadRequest(description="the image has no pixels")
             if w * h > MAX_PIXELS:
-                raise RequestEntityTooLarge(description=f"the image is too large ({w}x{h} pixels)")
-            img = ImageOps.exif_transpose(img)  # also decodes the pixels: damage shows up here
-            img = img.convert("RGB")
+                raise RequestEntityTooLarge(
+                    description=f"the image is too large ({w}x{h} pixels; at most {MAX_PIXELS // 10**6} MP)")
+            if img.format == "JPEG":
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly: the largest reduction that keeps
+                # both sides >= MAX_SIDE / 2 (a 24 MP photo: 18 MB instead of 72 MB of pixels).
+                img.draft("RGB", (MAX_SIDE // 2, MAX_SIDE // 2))
+            img.load()  # decode now: damage shows up here
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            ImageOps.exif_transpose(img, in_place=True)  # upright, on the small copy
     except Image.UnidentifiedImageError:
         raise UnsupportedMediaType(description="not a JPEG, PNG or WebP image") from None
     except (BadRequest, RequestEntityTooLarge, UnsupportedMediaType):

@@ -3,11 +3,13 @@ from the JSON API, so the page and the API can never disagree."""
 from __future__ import annotations
 
 import logging
+import secrets
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
 from . import params
-from .app import state
+from .app import check_basic, state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
@@ -16,9 +18,17 @@ K_CHOICES = (12, 24, 48, 100)
 
 
 def _safe_next(target: str | None) -> str:
-    """Only same-site paths: a crafted ?next= must not send the user elsewhere after login."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return url_for("views.index")
+    """Only a path on this site: a crafted ?next= must not send the user elsewhere after login.
+
+    Browsers drop tabs and newlines from URLs and read a backslash as a slash, so "/\t/evil.example"
+    would become "//evil.example": anything but printable ASCII, and any backslash, is refused.
+    """
+    fallback = url_for("views.index")
+    if not target or any(not (32 < ord(ch) < 127) for ch in target) or "\\" in target:
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return fallback
     return target
 
 
@@ -67,23 +77,25 @@ def login():
     nxt = _safe_next(request.values.get("next"))
     if not st.settings.auth:
         return redirect(nxt)
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD (which is not a login attempt)
         return render_template("login.html", next=nxt, error=None)
-    addr = request.remote_addr or "?"
-    if st.limiter.blocked(addr):
+    ok = check_basic(st, request.form.get("password"), request.remote_addr or "?")
+    if ok is None:
         resp = render_template("login.html", next=nxt, error="Too many failed attempts; wait a minute.")
         return resp, 429
-    if st.checker.verify(request.form.get("password")):
-        st.limiter.reset(addr)
+    if ok:
         session.clear()  # a fresh session (and CSRF token) after login: no fixation
         session.permanent = True
         session["auth"] = st.checker.fingerprint
+        session["sid"] = secrets.token_urlsafe(16)  # what logging out revokes
         return redirect(nxt, code=303)
-    st.limiter.fail(addr)
     return render_template("login.html", next=nxt, error="Wrong password."), 401
 
 
 @bp.post("/logout")
 def logout():
+    sid = session.get("sid")
+    if sid:
+        state().revoked.revoke(str(sid))  # a copy of the cookie must not outlive the logout
     session.clear()
     return redirect(url_for("views.login"), code=303)
