@@ -184,7 +184,7 @@ def recaption(store: Store, pipeline: Any, paths: list[Path], result: RepairResu
             result.unreadable.append(path)
             continue
         cap = pipeline.caption(image)
-        (vec,) = pipeline.embed([cap.text])
+        (vec,) = pipeline.embed([cap])
         pipeline.save(image, cap, vec, source=REPAIRED_SOURCE, original_path=None, time=time_from_name(path))
         day = path.parent.name
         path.unlink(missing_ok=True)  # the capture now has its own copy; the row-less one goes

@@ -173,8 +173,10 @@ def _authenticate():
 
 
 def challenge(path: str) -> tuple[tuple[str, str], ...]:
-    # Basic only on the API: on pages it would pop the browser's own dialog over our login form.
-    return (("WWW-Authenticate", BASIC_CHALLENGE),) if path.startswith("/api/") or path == "/healthz" else ()
+    # Basic only for machines (the API, /metrics): on pages it would pop the browser's own dialog over
+    # our login form.
+    machine = path.startswith("/api/") or path in ("/healthz", "/metrics")
+    return (("WWW-Authenticate", BASIC_CHALLENGE),) if machine else ()
 
 
 def body_gate(app: Flask):
