@@ -60,10 +60,12 @@ def test_hash_password_from_stdin(tmp_path: Path) -> None:
     assert "password_hash" in r.stderr
     r = edgecap(tmp_path, "hash-password", stdin="\n")
     assert r.returncode == 1 and "empty" in r.stderr and "Traceback" not in r.stderr
+    r = edgecap(tmp_path, "hash-password", stdin="a\n")  # issue 14: a 1-character password was accepted
+    assert r.returncode == 1 and "at least 8 characters" in r.stderr and not r.stdout
 
 
 def test_doctor_reports_each_part(tmp_path: Path) -> None:
-    r = edgecap(tmp_path, "doctor", env_extra={"EDGECAP_PASSWORD": "x"})
+    r = edgecap(tmp_path, "doctor", env_extra={"EDGECAP_PASSWORD": "long enough"})
     lines = r.stdout.splitlines()
     for part in ("config", "runtime", "captioner", "embedder", "camera", "store", "disk", "web"):
         assert any(line.split()[1:2] == [part] for line in lines if line.split()), (part, r.stdout)

@@ -20,7 +20,14 @@ from flask import Flask, current_app, g, jsonify, render_template, request, sess
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 
-from .auth import ENV_PASSWORD, FailureLimiter, PasswordChecker, new_csrf_token, same_token
+from .auth import (
+    ENV_PASSWORD,
+    FailureLimiter,
+    PasswordChecker,
+    check_password_strength,
+    new_csrf_token,
+    same_token,
+)
 from .settings import WebConfigError, WebSettings, load_or_create_secret, settings_from
 
 log = logging.getLogger(__name__)
@@ -187,6 +194,11 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     """
     settings = settings_from(config)
     env_password = settings.password or os.environ.get(ENV_PASSWORD) or None
+    if env_password and settings.auth:
+        try:
+            check_password_strength(env_password, ENV_PASSWORD)
+        except ValueError as e:
+            raise WebConfigError(str(e)) from None
     checker = PasswordChecker(settings.password_hash, env_password)
     if settings.auth and not checker.configured:
         raise WebConfigError(
