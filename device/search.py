@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 from . import textnorm
-from .store import Store, decode_embedding, encode_image_vector, filter_sql
+from .store import (
+    Store,
+    decode_embedding,
+    encode_image_vector,
+    filter_sql,
+    in_time_of_day,
+    minute_of_day,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +81,6 @@ class Ranking:
     # cosine floor of 0.1 did (issue 14: "xylophone quartet zzqx" listed 6 of 9 sample photos).
     image_floor: float = 0.05
     hub_weight: float | None = None  # hubness correction of image scores; None: the projection's
-    # A query made only of words that are neither in a caption, nor a whole word to the embedder, nor
-    # a misspelling of a caption word ("zzqx qwv") is matched literally (keywords) only: embedded, such
-    # strings land near some photos anyway. With one known word the whole query is embedded (dropping
-    # unknown words cost 3.4 points of R@10 for full Flickr8k dev captions: "frisbee" is not one token).
-    drop_unknown: bool = True
 
 
 SHIPPED = Ranking()
@@ -112,7 +114,8 @@ class _Snapshot:
     center: np.ndarray  # float32 [dim], in int8 units
     source_codes: dict[str, int]
 
-    def filter_mask(self, source: str | None, since: float | None, until: float | None) -> np.ndarray:
+    def filter_mask(self, source: str | None, since: float | None, until: float | None,
+                    time_of_day: tuple[int, int] | None = None) -> np.ndarray:
         mask = self.valid.copy()
         if source:
             code = self.source_codes.get(source)
@@ -123,6 +126,9 @@ class _Snapshot:
             mask &= self.times >= float(since)
         if until is not None:
             mask &= self.times < float(until)
+        if time_of_day is not None:
+            rows = np.flatnonzero(mask)
+            mask[rows] = in_time_of_day(minute_of_day(self.times[rows]), time_of_day)
         return mask
 
 
@@ -496,9 +502,9 @@ def warm(store: Store) -> None:
 
 def _expand_terms(
     words: list[str], vocab: dict[str, int], known: Any = None
-) -> tuple[list[list[str]], dict[str, str], list[str]]:
+) -> tuple[list[list[str]], dict[str, str]]:
     """One group of FTS terms per query word: the forms present in the index, else the spelling
-    correction's forms, else the word itself (which then matches nothing and is listed as unknown).
+    correction's forms, else the word itself (which then matches nothing).
 
     ``known(word)``, when given, says the word is a real word (the embedder knows it whole): it is
     then not "corrected" just because no caption uses it. Generated captions use a few hundred
@@ -507,7 +513,6 @@ def _expand_terms(
     """
     groups: list[list[str]] = []
     corrections: dict[str, str] = {}
-    unknown: list[str] = []
     for w in words:
         forms = sorted(f for f in textnorm.inflections(w) if f in vocab)
         if not forms and known is not None and known(w):
@@ -519,10 +524,9 @@ def _expand_terms(
                 forms = sorted(f for f in textnorm.inflections(fixed) if f in vocab) or [fixed]
             else:
                 forms = [w]
-                unknown.append(w)
         if forms not in groups:
             groups.append(forms)
-    return groups, corrections, unknown
+    return groups, corrections
 
 
 _whole_words: dict[tuple[int, str], bool] = {}
@@ -561,7 +565,7 @@ def fts_query(groups: list[list[str]], op: str = "OR") -> str:
 
 def _keyword(
     store: Store, groups: list[list[str]], limit: int, source: str | None, since: float | None,
-    until: float | None, alt_weight: float = KEYWORD_WEIGHTS[1],
+    until: float | None, alt_weight: float = KEYWORD_WEIGHTS[1], time_of_day: tuple[int, int] | None = None,
 ) -> list[tuple[int, float, float]]:
     """(id, bm25 (lower is better), time), best first, newest first among equal scores.
 
@@ -577,7 +581,7 @@ def _keyword(
     if not groups:
         return []
     conn = store.connection()
-    where, args = filter_sql(source, since, until, table="c")
+    where, args = filter_sql(source, since, until, table="c", time_of_day=time_of_day)
     w_caption, w_alt = KEYWORD_WEIGHTS[0], float(alt_weight)
     if where:
         sql = f"""SELECT captures_fts.rowid, bm25(captures_fts, {w_caption}, {w_alt}) AS s
@@ -625,20 +629,22 @@ def search(
     since: float | None = None,
     until: float | None = None,
     ranking: Ranking | None = None,
+    time_of_day: tuple[int, int] | None = None,
 ) -> SearchResult:
-    """Rank captures for ``query``; newest captures when the query is empty. Never raises on input."""
+    """Rank captures for ``query``; newest captures when the query is empty. Never raises on input.
+
+    ``time_of_day``: (first, end) minute of the local day, e.g. (8 * 60, 12 * 60); see filter_sql."""
     k = max(1, min(int(k), 1000))
     rk = ranking or SHIPPED
     text = (query or "").strip()[:MAX_QUERY_CHARS]
     if not text:
-        return SearchResult(store.recent(k, source=source, since=since, until=until), "recent")
+        return SearchResult(store.recent(k, source=source, since=since, until=until, time_of_day=time_of_day),
+                            "recent")
 
     caches = _caches_for(store)
     words = textnorm.content_words(text)
     known = _whole_word_checker(embedder)
-    groups, corrections, unknown = _expand_terms(words, caches.vocab.get(store), known) if words else ([], {}, [])
-    if not rk.drop_unknown:
-        unknown = []
+    groups, corrections = _expand_terms(words, caches.vocab.get(store), known) if words else ([], {})
     limit = max(CANDIDATES, k)
 
     notices: list[str] = []
@@ -646,8 +652,6 @@ def search(
     images: list[tuple[int, float, float]] | None = None
     if embedder is None:
         notices.append(NO_EMBEDDER)
-    elif words and set(unknown) == set(words):
-        semantic = []  # nothing in the query the models can read: only literal keyword matches
     elif rk.captions or rk.images:
         embed_text = text
         if corrections:
@@ -661,26 +665,25 @@ def search(
             # Images only for queries with content words: "the" is about nothing, and every image
             # has *some* similarity to it.
             if rk.images and words:
-                images = _image_hits(store, caches, qvec, limit, source, since, until, rk)
+                images = _image_hits(store, caches, qvec, limit, source, since, until, rk, time_of_day)
             if rk.captions:
                 snap = caches.embeddings.snapshot(store)
                 floor = MIN_SIMILARITY if words else MIN_SIMILARITY_NO_WORDS
                 if images is not None:
                     floor = -math.inf  # score fusion needs the caption score of the image candidates too
-                semantic = _nearest(snap, qvec, snap.filter_mask(source, since, until), limit, floor)
+                mask = snap.filter_mask(source, since, until, time_of_day)
+                semantic = _nearest(snap, qvec, mask, limit, floor)
             elif images is None:
                 semantic = []
     if corrections:
         shown = ", ".join(f"{a} → {b}" for a, b in corrections.items())
         notices.insert(0, f"Also searched for corrected spelling: {shown}")
-    if semantic == [] and unknown:
-        notices.insert(0, f"Not words edgecap knows, so matched only literally: {', '.join(unknown)}.")
 
     keyword: list[tuple[int, float, float]] = []
     # With the image ranking and a zero BM25 weight (not the default), keywords would only decide
     # which captures may be returned, and BM25 is the slowest part of a query, so it is skipped.
     if rk.keyword and not (images is not None and rk.keyword_weight == 0):
-        keyword = _keyword(store, groups, limit, source, since, until, rk.alt_weight)
+        keyword = _keyword(store, groups, limit, source, since, until, rk.alt_weight, time_of_day)
 
     if images is not None:
         ranked = _fuse_scores(keyword, semantic or [], images, rk)
@@ -702,6 +705,7 @@ def search(
 def _image_hits(
     store: Store, caches: _Caches, qvec: np.ndarray, limit: int, source: str | None, since: float | None,
     until: float | None, rk: Ranking,
+    time_of_day: tuple[int, int] | None = None,
 ) -> list[tuple[int, float, float, bool]] | None:
     """(id, hubness-corrected score, time, score >= image_floor) of the images nearest the query,
     or None when the store has no projection or its image vectors are not in the text space (e.g.
@@ -714,7 +718,7 @@ def _image_hits(
         return None
     q = qvec / max(float(np.linalg.norm(qvec)), 1e-12)
     hub = proj.hub_weight if rk.hub_weight is None else rk.hub_weight
-    mask = snap.filter_mask(source, since, until)
+    mask = snap.filter_mask(source, since, until, time_of_day)
     rows, sims = _nearest_rows(snap, q, mask, limit, -math.inf, bias_weight=hub)
     # The floor is on the corrected score: a hub image is close to every text, nonsense included.
     return [(int(snap.ids[r]), float(s), float(snap.times[r]), bool(s >= rk.image_floor))

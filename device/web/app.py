@@ -271,9 +271,10 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     def healthz():
         return jsonify({"status": "ok", "uptime_s": round(time.time() - state().started, 1)})
 
-    from . import api, views  # routes import state() from here
+    from . import api, bulk, views  # routes import state() from here
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(bulk.bp)
     app.register_blueprint(views.bp)
     return app
 
