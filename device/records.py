@@ -6,9 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
-from device.decoder import DEFAULT_LENGTH_PENALTY
+MAX_K = 100  # results per request, the same for the API, the page and the CLI
 
 
 def to_epoch(value: Any) -> float | None:
@@ -43,7 +41,7 @@ def num(x: Any, digits: int = 4) -> float | None:
     return round(f, digits) if math.isfinite(f) else None
 
 
-def confidence(score: Any, n_words: int, length_penalty: float = DEFAULT_LENGTH_PENALTY) -> float | None:
+def confidence(score: Any, n_words: int, length_penalty: float | None = None) -> float | None:
     """The caption's score as a plain 0..1: the model's average probability per word (geometric mean).
 
     The score is log-probability / length**length_penalty (length = words + the end token), a number
@@ -52,6 +50,8 @@ def confidence(score: Any, n_words: int, length_penalty: float = DEFAULT_LENGTH_
     s = num(score, 8)
     if s is None:
         return None
+    if length_penalty is None:
+        from device.decoder import DEFAULT_LENGTH_PENALTY as length_penalty  # numpy: imported at use
     length = max(int(n_words), 0) + 1
     return round(math.exp(s * length**length_penalty / length), 3)
 
@@ -60,6 +60,8 @@ def attention_lists(attention: Any) -> list[list[list[float]]] | None:
     """float32 [n_words, 7, 7] (array or nested lists) -> nested lists rounded for a small payload."""
     if attention is None:
         return None
+    import numpy as np  # at use: `edgecap --help` stays instant
+
     arr = np.asarray(attention, dtype=np.float32)
     if arr.ndim == 2 and arr.shape[1] == 49:
         arr = arr.reshape(-1, 7, 7)

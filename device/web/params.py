@@ -16,7 +16,7 @@ from werkzeug.exceptions import BadRequest
 
 from device import records
 
-MAX_K = 100
+MAX_K = records.MAX_K
 MAX_QUERY_CHARS = 200
 MAX_SOURCE_CHARS = 64
 MAX_OFFSET = 10_000_000
