@@ -6,9 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # System packages: headless Chromium for the browser test, shellcheck and systemd-analyze for the
-# install checks, Java for METEOR. Only installed when missing and we are root.
+# install checks, Java for METEOR, npm for axe-core (the page's accessibility and contrast check).
+# Only installed when missing and we are root.
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(npm)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v java >/dev/null || missing+=(default-jre-headless)
@@ -18,6 +20,12 @@ if ((${#missing[@]})); then
     else
         echo "test.sh: missing ${missing[*]} (apt-get install them); their tests will be skipped" >&2
     fi
+fi
+
+# axe-core runs inside the browser test's Chromium; kept in tests/axe (gitignored), fetched once.
+if [[ ! -f tests/axe/node_modules/axe-core/axe.min.js ]] && command -v npm >/dev/null; then
+    npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix tests/axe axe-core@4 \
+        || echo "test.sh: could not install axe-core; the accessibility check will be skipped" >&2
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

@@ -249,7 +249,7 @@ class _VectorIndex:
             ids[keep], np.concatenate(meta_times)[order][pos], np.concatenate(meta_src)[order][pos], vecs[keep],
             bias[keep],
         )
-        log.info("search: loaded %d vectors from %s", self.n, self.table)
+        log.debug("search: loaded %d vectors from %s", self.n, self.table)
 
     def _source_code(self, source: str) -> int:
         code = self.source_codes.get(source)
