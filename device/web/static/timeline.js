@@ -4,6 +4,7 @@
 (() => {
   const section = document.getElementById("timeline");
   const hoursEl = document.getElementById("hours");
+  const ticksEl = document.getElementById("ticks");
   const dayEl = document.getElementById("timeline-day");
   const prev = document.getElementById("day-prev");
   const next = document.getElementById("day-next");
@@ -43,11 +44,14 @@
       const bar = document.createElement("span");
       bar.className = "bar";
       bar.style.height = (n ? 8 + 92 * n / peak : 0) + "%";  // CSSOM, which the page's CSP allows
-      const label = document.createElement("span");
-      label.className = "label";
-      label.textContent = h % 6 === 0 ? String(h) : "";
-      b.append(bar, label);
+      b.append(bar);
       return b;
+    }));
+    // hour marks under the bars (the buttons' own names say the hour)
+    ticksEl.replaceChildren(...t.hours.map((_, h) => {
+      const s = document.createElement("span");
+      s.textContent = h % 6 === 0 ? pad(h) : "";
+      return s;
     }));
     dayEl.textContent = `${dayLabel(t.day)} · ${t.total} capture${t.total === 1 ? "" : "s"}`;
     prev.disabled = !t.prev_day;
