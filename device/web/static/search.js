@@ -59,7 +59,8 @@ const edgecapSearch = (() => {
 
   function shownStatus(extra) {
     const n = results.children.length;
-    statusEl.textContent = n ? `Newest captures · ${n} shown` + (extra ? ` · ${extra}` : " · new ones appear here")
+    const live = !form.elements.until.value;  // polling is off for a range that has ended
+    statusEl.textContent = n ? `Newest captures · ${n} shown` + (extra ? ` · ${extra}` : live ? " · new ones appear here" : "")
                              : "No captures yet.";
   }
 
