@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--split", default="dev", choices=("dev", "test"))
     p.add_argument("--store", type=Path, help="reuse (or create) this data folder")
-    p.add_argument("--floors", type=float, nargs="*", default=[-1.0, 0.0, 0.05, 0.1],
+    p.add_argument("--floors", type=float, nargs="*", default=[-1.0, 0.0, 0.05, 0.1, 0.15],
                    help="image floors to compare (on the hubness-corrected image score)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)

@@ -224,6 +224,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     )
 
     store = open_store(config.data_dir, config.models_dir)
+    log.info("serving the captures in %s", config.data_dir)
     try:
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
     except StartupError as e:

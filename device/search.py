@@ -75,11 +75,13 @@ class Ranking:
     keyword_weight: float = 0.02
     # A capture is returned only when its caption matches a keyword, its caption embedding is at least
     # MIN_SIMILARITY from the query, or its image score (cosine minus the hubness correction) at least
-    # image_floor: image scores rank, but a nonsense query must not list the store. On Flickr8k dev
-    # (1000 images) 0.05 keeps image-ranking R@10 at 61.5 / 18.5 (full / short queries; no floor:
-    # 61.6 / 19.2) while random letter strings return 1.0 capture on average, not 47 as a plain
-    # cosine floor of 0.1 did (issue 14: "xylophone quartet zzqx" listed 6 of 9 sample photos).
-    image_floor: float = 0.05
+    # image_floor: image scores rank, but a nonsense query must not list the store. Measured on
+    # Flickr8k dev (python -m bench.nonsense, docs/retrieval.md): with 0.1 full-caption R@1 / R@10
+    # are those of no floor (21.0 / 62.2), short queries lose 0.2 / 0.7 points, and 5% of random
+    # letter strings return anything (a plain cosine floor of 0.1 let every photo near a "hub" through
+    # for any text: issue 14, "xylophone quartet zzqx" listed 6 of the 9 sample photos). 0.12 and
+    # up cost full-caption recall.
+    image_floor: float = 0.1
     hub_weight: float | None = None  # hubness correction of image scores; None: the projection's
 
 
