@@ -41,6 +41,8 @@ def setup_logging(level: str) -> None:
 # ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from device import export  # standard library only: --help stays instant
+
     p = argparse.ArgumentParser(prog="edgecap", description="Offline image captioning camera.")
     p.add_argument("--config", metavar="PATH", help="TOML config file (default: $EDGECAP_CONFIG, "
                    "then /etc/edgecap/config.toml if present)")
@@ -77,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="search the stored captions")
     s.add_argument("query", nargs="+")
-    _results_flags(s, default_k=10)
+    _results_flags(s, default_k=10, max_k=records.MAX_K)
     s.add_argument("--json", action="store_true", help="one JSON object per line (the API's fields + image_path)")
 
     e = sub.add_parser("export", help="write a search's results (or all captures) as CSV, JSON or a zip of photos")
     e.add_argument("query", nargs="*", help="what to search for; none: every capture the filters let through")
-    e.add_argument("--format", choices=export_formats(), default=None, help="default: from -o's suffix, else csv")
+    e.add_argument("--format", choices=export.FORMATS, default=None, help="default: from -o's suffix, else csv")
     e.add_argument("-o", "--output", metavar="FILE", help="default: standard output (not for zip)")
-    _results_flags(e, default_k=None)
+    _results_flags(e, default_k=None, max_k=export.MAX_ITEMS)
 
     d = sub.add_parser("delete", help="delete captures (rows, photos and thumbnails) by id")
     d.add_argument("ids", nargs="+", type=int, metavar="ID")
@@ -98,12 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def export_formats() -> tuple[str, ...]:
-    from device.export import FORMATS
-
-    return FORMATS
-
-
 def _web_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default: [web] host; 127.0.0.1 while no password "
                    "is set)")
@@ -111,10 +107,11 @@ def _web_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-auth", action="store_true", help="no password; listens on 127.0.0.1 unless --host")
 
 
-def _results_flags(p: argparse.ArgumentParser, default_k: int | None) -> None:
+def _results_flags(p: argparse.ArgumentParser, default_k: int | None, max_k: int) -> None:
+    """-k and the filters; -k has the API's limits (search 1-100, export 1-10,000)."""
+    p.set_defaults(max_k=max_k)
     p.add_argument("-k", type=int, default=default_k, metavar="N",
-                   help=f"number of results, 1-{records.MAX_K}" + (f" (default {default_k})" if default_k else
-                                                          " (default: all, up to 10,000)"))
+                   help=f"number of results, 1-{max_k:,}" + (f" (default {default_k})" if default_k else " (default: all)"))
     p.add_argument("--since", metavar="DATE", help="from this date (YYYY-MM-DD, local time)")
     p.add_argument("--until", metavar="DATE", help="up to and including this date")
     p.add_argument("--source", help="only captures from this source (samples, folder, ingest, upload, ...)")

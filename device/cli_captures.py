@@ -18,9 +18,9 @@ def capture_line(store: Any, row: dict[str, Any]) -> dict[str, Any]:
     return {**records.capture_json(row), "image_path": str(path) if path else None}
 
 
-def _check_k(k: int | None) -> None:
-    if k is not None and not 1 <= k <= records.MAX_K:
-        raise UserError(f"-k must be between 1 and {records.MAX_K}, got {k}")
+def _check_k(args: argparse.Namespace) -> None:
+    if args.k is not None and not 1 <= args.k <= args.max_k:
+        raise UserError(f"-k must be between 1 and {args.max_k}, got {args.k}")
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def cmd_search(config: Config, args: argparse.Namespace) -> int:
     from device.daemon import load_text_embedder, open_store
     from device.search import search
 
-    _check_k(args.k)
+    _check_k(args)
     filters = _filters(args)
     store = open_store(config.data_dir, config.models_dir)
     embedder = load_text_embedder(config)
@@ -61,7 +61,7 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
     from device import export
     from device.daemon import load_text_embedder, open_store
 
-    _check_k(args.k)
+    _check_k(args)
     fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() if args.output else "") or "csv"
     if fmt not in export.FORMATS:
         raise UserError(f"cannot tell the format from {args.output}: add --format {'|'.join(export.FORMATS)}")

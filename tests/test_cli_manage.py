@@ -107,6 +107,9 @@ def test_export_and_delete(ingested: Path, tmp_path: Path) -> None:
     assert len(rows) == 9 and "wrote 9 captures" in r.stderr
     r = edgecap(ingested, "export", "--format", "json", "--source", "ingest", "-k", "3")
     assert r.returncode == 0 and len(json.loads(r.stdout)) == 3
+    r = edgecap(ingested, "export", "--format", "json", "-k", "500")  # the API's export limit, not search's
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 9
+    assert "between 1 and 10000" in edgecap(ingested, "export", "-k", "10001").stderr
     r = edgecap(ingested, "export", "dog", "-o", str(tmp_path / "dogs.zip"))
     assert r.returncode == 0, r.stderr
     with zipfile.ZipFile(tmp_path / "dogs.zip") as z:
