@@ -56,9 +56,14 @@ def _without_banners() -> Iterator[None]:
     """Send file descriptor 2 to a temporary file while the runtime starts, then write back every
     line but its banners: C++ writes straight to the descriptor, below Python's sys.stderr."""
     try:
-        saved = os.dup(2)
         tmp = tempfile.TemporaryFile()
-    except OSError:  # no descriptors to spare: keep the banner rather than fail
+    except OSError:  # no temporary folder to write: keep the banner rather than fail
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptors to spare: the same
+        tmp.close()
         yield
         return
     with tmp:
