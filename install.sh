@@ -495,7 +495,7 @@ interval = 5.0          # seconds between captures
 min_change = 0.02       # skip frames that barely differ from the last stored one
 
 [model]
-captioner = "$captioner"   # captioner-int4 is smaller (needs ai-edge-litert)
+captioner = "$captioner"   # captioner-4bit is smaller (needs ai-edge-litert)
 embedder = "minilm-int8"
 num_threads = $threads
 

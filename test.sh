@@ -7,11 +7,13 @@ cd "$(dirname "$0")"
 
 # System packages: headless Chromium for the browser test, shellcheck and systemd-analyze for the
 # install checks, Java for METEOR, Mosquitto (a real MQTT broker) and openssl (its TLS certificates)
-# for the MQTT tests. Only installed when missing and we are root.
+# for the MQTT tests, npm for axe-core (the page's accessibility and contrast check).
+# Only installed when missing and we are root.
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v npm >/dev/null || missing+=(npm)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v java >/dev/null || missing+=(default-jre-headless)
@@ -21,6 +23,12 @@ if ((${#missing[@]})); then
     else
         echo "test.sh: missing ${missing[*]} (apt-get install them); their tests will be skipped" >&2
     fi
+fi
+
+# axe-core runs inside the browser test's Chromium; kept in tests/axe (gitignored), fetched once.
+if [[ ! -f tests/axe/node_modules/axe-core/axe.min.js ]] && command -v npm >/dev/null; then
+    npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix tests/axe axe-core@4 \
+        || echo "test.sh: could not install axe-core; the accessibility check will be skipped" >&2
 fi
 
 if [[ ! -x .venv/bin/python ]]; then

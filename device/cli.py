@@ -21,19 +21,15 @@ import signal
 import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from device import cli_captures, records
+from device.cli_common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UserError, percent
 from device.config import Config, ConfigError, load_config
 
 log = logging.getLogger("edgecap")
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 1."""
-
 
 def setup_logging(level: str) -> None:
     # journald adds its own timestamps; JOURNAL_STREAM tells us stderr goes there
@@ -47,6 +43,8 @@ def setup_logging(level: str) -> None:
 # ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
+    from device import export  # standard library only: --help stays instant
+
     p = argparse.ArgumentParser(prog="edgecap", description="Offline image captioning camera.")
     p.add_argument("--config", metavar="PATH", help="TOML config file (default: $EDGECAP_CONFIG, "
                    "then /etc/edgecap/config.toml if present)")
@@ -60,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-web", action="store_true", help="do not serve the web page")
     r.add_argument("--source", help="override [camera] source (auto, picamera2, usb, jetson, stream, "
                    "folder, samples)")
+    r.add_argument("--folder", metavar="DIR", help="watch this folder for new photos (implies --source folder)")
+    r.add_argument("--url", help="read this RTSP/HTTP stream or video file (implies --source stream)")
     r.add_argument("--interval", type=float, help="override [capture] interval (seconds)")
     r.add_argument("--max-captures", type=int, help="stop after this many stored captures")
+    _web_flags(r)
 
     c = sub.add_parser("caption", help="caption image files (no store)")
     c.add_argument("images", nargs="+", metavar="IMAGE")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
-    c.add_argument("--model", help="captioner set name or folder (e.g. captioner-int4)")
+    c.add_argument("--model", help="captioner set name or folder (e.g. captioner-4bit)")
     c.add_argument("--beam", type=int, help="beam width (1 = greedy); default [model] beam_width")
 
     i = sub.add_parser("ingest", help="caption a folder of existing photos into the store")
@@ -80,8 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="search the stored captions")
     s.add_argument("query", nargs="+")
-    s.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    _results_flags(s, default_k=10, max_k=records.MAX_K)
+    s.add_argument("--json", action="store_true", help="one JSON object per line (the API's fields + image_path)")
+
+    e = sub.add_parser("export", help="write a search's results (or all captures) as CSV, JSON or a zip of photos")
+    e.add_argument("query", nargs="*", help="what to search for; none: every capture the filters let through")
+    e.add_argument("--format", choices=export.FORMATS, default=None, help="default: from -o's suffix, else csv")
+    e.add_argument("-o", "--output", metavar="FILE", help="default: standard output (not for zip)")
+    _results_flags(e, default_k=None, max_k=export.MAX_ITEMS)
+
+    d = sub.add_parser("delete", help="delete captures (rows, photos and thumbnails) by id")
+    d.add_argument("ids", nargs="+", type=int, metavar="ID")
 
     sub.add_parser("doctor", help="check runtime, models, camera, store and disk; say what to fix")
 
@@ -90,12 +100,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="copy rows back from this database first (a backup, or `sqlite3 edgecap.db .recover`)")
 
     w = sub.add_parser("serve", help="serve the web page only (no capturing)")
-    w.add_argument("--host", help="default: [web] host")
-    w.add_argument("--port", type=int, help="default: [web] port")
-    w.add_argument("--no-auth", action="store_true", help="no password; listens on 127.0.0.1 unless --host")
+    _web_flags(w)
 
     sub.add_parser("hash-password", help="print a password hash for [web] password_hash")
     return p
+
+
+def _web_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (default: [web] host; 127.0.0.1 while no password "
+                   "is set)")
+    p.add_argument("--port", type=int, help="default: [web] port (8080)")
+    p.add_argument("--no-auth", action="store_true", help="no password; listens on 127.0.0.1 unless --host")
+
+
+def _results_flags(p: argparse.ArgumentParser, default_k: int | None, max_k: int) -> None:
+    """-k and the filters; -k has the API's limits (search 1-100, export 1-10,000)."""
+    p.set_defaults(max_k=max_k)
+    p.add_argument("-k", type=int, default=default_k, metavar="N",
+                   help=f"number of results, 1-{max_k:,}" + (f" (default {default_k})" if default_k else " (default: all)"))
+    p.add_argument("--since", metavar="DATE", help="from this date (YYYY-MM-DD, local time)")
+    p.add_argument("--until", metavar="DATE", help="up to and including this date")
+    p.add_argument("--source", help="only captures from this source (samples, folder, ingest, upload, ...)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -105,9 +130,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "log": {"level": "debug" if args.verbose else args.log_level},
     }
     if args.command == "run":
-        overrides["camera"] = {"source": args.source}
+        source = args.source or ("folder" if args.folder else "stream" if args.url else None)
+        overrides["camera"] = {"source": source, "folder": args.folder, "url": args.url}
         overrides["capture"] = {"interval": args.interval, "max_captures": args.max_captures}
-    if args.command == "serve":
+    if args.command in ("run", "serve"):
         overrides["web"] = {"host": args.host, "port": args.port, "auth": False if args.no_auth else None}
     if args.command in ("caption", "ingest") and args.model:
         overrides["model"] = {"captioner": args.model}
@@ -138,27 +164,19 @@ def cmd_caption(config: Config, args: argparse.Namespace) -> int:
             status = EXIT_FAIL
             continue
         c = captioner.caption(image, beam_width=beam)
-        if args.json:
-            row = {"image": path, "caption": c.text, "score": round(float(c.score), 4),
-                   "tags": [t.to_dict() for t in c.tags], "model": captioner.model_id, "beams": c.beams}
-            print(json.dumps(row, default=_json_default), flush=True)
+        if args.json:  # the fields of POST /api/caption, and the file
+            print(json.dumps({"image": path, **records.caption_json(c, captioner.model_id)}), flush=True)
         else:
             tags = ", ".join(f"{t.word} {t.p:.2f}" for t in c.tags)
-            print(f"{path}\t{c.text}\t({float(c.score):.2f})" + (f"\t[{tags}]" if tags else ""), flush=True)
+            print(f"{path}\t{c.text}\t({percent(records.confidence(c.score, len(c.words)))})"
+                  + (f"\t[{tags}]" if tags else ""), flush=True)
     return status
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
     from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
     from device.ingest import find_images, ingest
+    from device.progress import Progress
 
     try:
         files = find_images(args.paths)
@@ -173,24 +191,24 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     store = open_store(config.data_dir, config.models_dir)
+    log.info("ingest: %d image files into %s", len(files), config.data_dir)
     try:
         store.reconcile()
         config.model.num_threads = max(1, args.threads)
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
         embedder = load_text_embedder(config)
         pipeline = Pipeline(store, captioner, embedder, config.model.beam_width)
-        bar = _progress_bar(len(files), quiet=args.json)
+        # a redrawn line on a terminal (not beside --json lines there); elsewhere a line every 10 s
+        progress = Progress(len(files), tty=sys.stderr.isatty() and not args.json)
 
         def on_stored(cid: int, path: str, cap: Any) -> None:
             if args.json:
-                row = {"id": cid, "image": path, "caption": cap.text, "score": round(float(cap.score), 4)}
-                sys.stdout.write(json.dumps(row) + "\n")
-                sys.stdout.flush()  # the line is the promise that the capture is stored
+                (row,) = store.get_many([cid])
+                print(json.dumps(cli_captures.capture_line(store, row)), flush=True)  # the line promises it is stored
 
         result = ingest(pipeline, files, workers=args.workers, stop=stop, on_stored=on_stored,
-                        progress=bar.update if bar else None)
-        if bar:
-            bar.close()
+                        progress=progress.update)
+        progress.close()
     finally:
         close = getattr(store, "close", None)
         if close:
@@ -200,60 +218,35 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK if not stop.is_set() else 130
 
 
-def _progress_bar(total: int, quiet: bool) -> Any:
-    """tqdm on a terminal; nothing under systemd, in pipes, or without tqdm."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
-
-
-def cmd_search(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import load_text_embedder, open_store
-    from device.search import search
-
-    store = open_store(config.data_dir, config.models_dir)
-    embedder = load_text_embedder(config)
-    res = search(store, " ".join(args.query), k=args.k, embedder=embedder)
-    if res.notice:
-        print(f"edgecap: {res.notice}", file=sys.stderr)
-    for item in res.items:
-        if args.json:
-            keep = {k: item.get(k) for k in ("id", "time", "time_iso", "source", "caption", "tags", "score",
-                                              "rank_score", "original_path")}
-            keep["image"] = str(store.file_path(item["id"], "image") or "")
-            print(json.dumps(keep, default=_json_default))
-        else:
-            print(f"{item.get('rank_score', 0):6.3f}  #{item['id']:<6} {item.get('caption', '')}")
-    return EXIT_OK
-
-
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import StartupError, load_captioner, load_text_embedder, open_store, tune_malloc
-    from device.web import WebConfigError, create_app, effective_host, exposure_warning, serve
+    from device.daemon import (
+        StartupError,
+        install_signal_handlers,
+        load_captioner,
+        load_text_embedder,
+        open_store,
+        start_web,
+        tune_malloc,
+    )
 
     tune_malloc()  # as `run` does: uploads decode in worker threads, each would keep its own arena
     store = open_store(config.data_dir, config.models_dir)
+    log.info("serving the captures in %s", config.data_dir)
     try:
         captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
     except StartupError as e:
         log.warning("%s; uploads will not be captioned", e)
         captioner = None
     embedder = load_text_embedder(config)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    # the same start-up as `edgecap run`: the same password rule, the same messages
+    server = start_web(config, store, captioner, embedder, time.time())
     try:
-        app = create_app(config, store, captioner, embedder)
-    except WebConfigError as e:
-        raise UserError(str(e)) from None
-    host = effective_host(config.web.host or None, config.web.auth)
-    if warning := exposure_warning(host, config.web.auth):
-        log.warning("%s", warning)
-    try:
-        serve(app, host, config.web.port)
-    except OSError as e:
-        raise UserError(f"cannot listen on {host}:{config.web.port}: {e.strerror or e}") from None
+        stop.wait()
+    finally:
+        server.stop()
+        store.close()
     return EXIT_OK
 
 
@@ -302,8 +295,9 @@ def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "caption": cmd_caption, "ingest": cmd_ingest, "search": cmd_search,
-    "doctor": cmd_doctor, "serve": cmd_serve, "hash-password": cmd_hash_password, "repair": cmd_repair,
+    "run": cmd_run, "caption": cmd_caption, "ingest": cmd_ingest, "search": cli_captures.cmd_search,
+    "export": cli_captures.cmd_export, "delete": cli_captures.cmd_delete, "doctor": cmd_doctor,
+    "serve": cmd_serve, "hash-password": cmd_hash_password, "repair": cmd_repair,
 }
 
 

@@ -8,6 +8,7 @@ store has committed it before the process exits 0.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -481,19 +482,26 @@ def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started
         log.warning("no web password set: serving the page on 127.0.0.1 only, without a password; run "
                     "`edgecap hash-password` and set [web] password_hash to open it to the network")
         config = dataclasses.replace(config, web=dataclasses.replace(web, auth=False, host="127.0.0.1"))
+    host = effective_host(config.web.host or None, config.web.auth)
+    port = config.web.port
     try:
         app = create_app(config, store, captioner, embedder, started=started, metrics=metrics, alerts=alerts)
-        host = effective_host(config.web.host or None, config.web.auth)
-        server = make_server(app, host, config.web.port)
+        server = make_server(app, host, port)
     except WebConfigError as e:
         raise StartupError(str(e)) from e
     except OSError as e:
-        raise StartupError(f"cannot listen on {config.web.host or '*'}:{config.web.port}: {e.strerror or e}") from e
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {port} on {host} is already in use (another edgecap, or another server?): stop it, "
+                f"or choose another port with --port {port + 1} or [web] port") from e
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     if warning := exposure_warning(host, config.web.auth):
         log.warning("%s", warning)
     thread = threading.Thread(target=server.serve_forever, name="edgecap-web", daemon=True)
     thread.start()
-    log.info("web page on http://%s:%s/", host, server.port)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # an address a browser here can open
+    log.info("web page on http://%s:%s/%s", shown, server.port,
+             " (password required)" if config.web.auth else " (no password: this machine only)")
     return server
 
 
@@ -526,6 +534,7 @@ def run(config: Config, web: bool = True, stop: threading.Event | None = None) -
     install_signal_handlers(stop)
     notifier = Notifier()
     store = open_store(config.data_dir, config.models_dir)
+    log.info("captures are stored in %s", config.data_dir)
     server = None
     events = None
     try:

@@ -78,7 +78,7 @@ def check_models(r: Report, config: Config) -> None:
             continue
         manifest = getattr(ms, "manifest", {}) or {}
         size = sum(int(v) for v in (manifest.get("sizes") or {}).values())
-        q = manifest.get("quantization", "")
+        q = _quantization(manifest.get("quantization", ""))
         r.line(OK, role, f"{name} ({q}, {size / 1e6:.1f} MB, sha256 verified)")
     check_projection(r, models_dir)
 
@@ -97,6 +97,17 @@ def check_projection(r: Report, models_dir: Path) -> None:
         r.line(WARN, "projection", f"no {DEFAULT_SET} set: typed searches use captions only")
     else:
         r.line(OK, "projection", f"{DEFAULT_SET} (sha256 verified)")
+
+
+def _quantization(q: object) -> str:
+    """A manifest's quantization (a phrase, or one per file) in a few words: "encoder full-integer
+    int8, init int8 weights"; the details after a comma or parenthesis stay in the manifest."""
+    def short(text: object) -> str:
+        return str(text).split(" (")[0].split(",")[0].strip()
+
+    if isinstance(q, dict):
+        return ", ".join(f"{role} {short(v)}" for role, v in q.items())
+    return short(q)
 
 
 def check_camera(r: Report, config: Config) -> None:

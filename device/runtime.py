@@ -1,8 +1,19 @@
 """The TFLite runtime: ai-edge-litert first, tflite-runtime on old systems, tensorflow.lite last."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Printed by the C++ runtime on stderr for every interpreter, on every command: noise to a user.
+BANNERS = (b"Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 # (module, what to call it in messages); the first that imports wins.
 RUNTIMES = (
@@ -34,6 +45,39 @@ def runtime_name() -> str:
 def make_interpreter(path: str | Path, num_threads: int = 2):
     """A TFLite Interpreter for `path`, tensors allocated, using `num_threads` CPU threads."""
     module, _ = runtime_module()
-    interpreter = module.Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    with _without_banners():
+        interpreter = module.Interpreter(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
     return interpreter
+
+
+@contextlib.contextmanager
+def _without_banners() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file while the runtime starts, then write back every
+    line but its banners: C++ writes straight to the descriptor, below Python's sys.stderr."""
+    try:
+        tmp = tempfile.TemporaryFile()
+    except OSError:  # no temporary folder to write: keep the banner rather than fail
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptors to spare: the same
+        tmp.close()
+        yield
+        return
+    with tmp:
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().splitlines(keepends=True):
+                if any(b in line for b in BANNERS):
+                    log.debug("runtime: %s", line.decode("utf-8", "replace").strip())
+                else:
+                    os.write(2, line)

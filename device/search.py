@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from . import textnorm
-from .store import Store, decode_embedding, encode_image_vector, filter_sql
+from .store import (
+    Store,
+    decode_embedding,
+    encode_image_vector,
+    filter_sql,
+    in_time_of_day,
+    minute_of_day,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +79,14 @@ class Ranking:
     caption_weight: float = 0.05
     keyword_weight: float = 0.02
     # A capture is returned only when its caption matches a keyword, its caption embedding is at least
-    # MIN_SIMILARITY from the query, or its image vector at least image_floor (plain cosine): image
-    # scores rank, but a nonsense word must not list the whole store.
-    image_floor: float = 0.1  # 0 to 0.15 measured equal on dev
+    # MIN_SIMILARITY from the query, or its image score (cosine minus the hubness correction) at least
+    # image_floor: image scores rank, but a nonsense query must not list the store. Measured on
+    # Flickr8k dev (python -m bench.nonsense, docs/retrieval.md): with 0.1 full-caption R@1 / R@10
+    # are those of no floor (21.0 / 62.2), short queries lose 0.2 / 0.7 points, and 5% of random
+    # letter strings return anything (a plain cosine floor of 0.1 let every photo near a "hub" through
+    # for any text: issue 14, "xylophone quartet zzqx" listed 6 of the 9 sample photos). 0.12 and
+    # up cost full-caption recall.
+    image_floor: float = 0.1
     hub_weight: float | None = None  # hubness correction of image scores; None: the projection's
     # Added x tag confidence: a photo tagged "cat" at 0.9 outranks the other images by about the
     # spread of the image scores (0.1-0.4), one tagged at 0.2 by little.
@@ -113,7 +125,8 @@ class _Snapshot:
     center: np.ndarray  # float32 [dim], in int8 units
     source_codes: dict[str, int]
 
-    def filter_mask(self, source: str | None, since: float | None, until: float | None) -> np.ndarray:
+    def filter_mask(self, source: str | None, since: float | None, until: float | None,
+                    time_of_day: tuple[int, int] | None = None) -> np.ndarray:
         mask = self.valid.copy()
         if source:
             code = self.source_codes.get(source)
@@ -124,6 +137,9 @@ class _Snapshot:
             mask &= self.times >= float(since)
         if until is not None:
             mask &= self.times < float(until)
+        if time_of_day is not None:
+            rows = np.flatnonzero(mask)
+            mask[rows] = in_time_of_day(minute_of_day(self.times[rows]), time_of_day)
         return mask
 
 
@@ -244,7 +260,7 @@ class _VectorIndex:
             ids[keep], np.concatenate(meta_times)[order][pos], np.concatenate(meta_src)[order][pos], vecs[keep],
             bias[keep],
         )
-        log.info("search: loaded %d vectors from %s", self.n, self.table)
+        log.debug("search: loaded %d vectors from %s", self.n, self.table)
 
     def _source_code(self, source: str) -> int:
         code = self.source_codes.get(source)
@@ -560,7 +576,7 @@ def fts_query(groups: list[list[str]], op: str = "OR") -> str:
 
 def _keyword(
     store: Store, groups: list[list[str]], limit: int, source: str | None, since: float | None,
-    until: float | None, alt_weight: float = KEYWORD_WEIGHTS[1],
+    until: float | None, alt_weight: float = KEYWORD_WEIGHTS[1], time_of_day: tuple[int, int] | None = None,
 ) -> list[tuple[int, float, float]]:
     """(id, bm25 (lower is better), time), best first, newest first among equal scores.
 
@@ -576,7 +592,7 @@ def _keyword(
     if not groups:
         return []
     conn = store.connection()
-    where, args = filter_sql(source, since, until, table="c")
+    where, args = filter_sql(source, since, until, table="c", time_of_day=time_of_day)
     w_caption, w_alt = KEYWORD_WEIGHTS[0], float(alt_weight)
     if where:
         sql = f"""SELECT captures_fts.rowid, bm25(captures_fts, {w_caption}, {w_alt}) AS s
@@ -624,13 +640,17 @@ def search(
     since: float | None = None,
     until: float | None = None,
     ranking: Ranking | None = None,
+    time_of_day: tuple[int, int] | None = None,
 ) -> SearchResult:
-    """Rank captures for ``query``; newest captures when the query is empty. Never raises on input."""
+    """Rank captures for ``query``; newest captures when the query is empty. Never raises on input.
+
+    ``time_of_day``: (first, end) minute of the local day, e.g. (8 * 60, 12 * 60); see filter_sql."""
     k = max(1, min(int(k), 1000))
     rk = ranking or SHIPPED
     text = (query or "").strip()[:MAX_QUERY_CHARS]
     if not text:
-        return SearchResult(store.recent(k, source=source, since=since, until=until), "recent")
+        return SearchResult(store.recent(k, source=source, since=since, until=until, time_of_day=time_of_day),
+                            "recent")
 
     caches = _caches_for(store)
     words = textnorm.content_words(text)
@@ -656,13 +676,14 @@ def search(
             # Images only for queries with content words: "the" is about nothing, and every image
             # has *some* similarity to it.
             if rk.images and words:
-                images = _image_hits(store, caches, qvec, limit, source, since, until, rk)
+                images = _image_hits(store, caches, qvec, limit, source, since, until, rk, time_of_day)
             if rk.captions:
                 snap = caches.embeddings.snapshot(store)
                 floor = MIN_SIMILARITY if words else MIN_SIMILARITY_NO_WORDS
                 if images is not None:
                     floor = -math.inf  # score fusion needs the caption score of the image candidates too
-                semantic = _nearest(snap, qvec, snap.filter_mask(source, since, until), limit, floor)
+                mask = snap.filter_mask(source, since, until, time_of_day)
+                semantic = _nearest(snap, qvec, mask, limit, floor)
             elif images is None:
                 semantic = []
     if corrections:
@@ -673,9 +694,10 @@ def search(
     # With the image ranking and a zero BM25 weight (not the default), keywords would only decide
     # which captures may be returned, and BM25 is the slowest part of a query, so it is skipped.
     if rk.keyword and not (images is not None and rk.keyword_weight == 0):
-        keyword = _keyword(store, groups, limit, source, since, until, rk.alt_weight)
+        keyword = _keyword(store, groups, limit, source, since, until, rk.alt_weight, time_of_day)
 
-    tagged = store.tagged(_tag_words(words), limit, source, since, until) if rk.tags and words else []
+    tagged = (store.tagged(_tag_words(words), limit, source, since, until, time_of_day)
+              if rk.tags and words else [])
 
     if images is not None:
         ranked = _fuse_scores(keyword, semantic or [], images, tagged, rk)
@@ -704,10 +726,11 @@ def _tag_words(words: list[str]) -> list[str]:
 def _image_hits(
     store: Store, caches: _Caches, qvec: np.ndarray, limit: int, source: str | None, since: float | None,
     until: float | None, rk: Ranking,
+    time_of_day: tuple[int, int] | None = None,
 ) -> list[tuple[int, float, float, bool]] | None:
-    """(id, hubness-corrected score, time, plain cosine >= image_floor) of the images nearest the
-    query, or None when the store has no projection or its image vectors are not in the text space
-    (e.g. the random projection)."""
+    """(id, hubness-corrected score, time, score >= image_floor) of the images nearest the query,
+    or None when the store has no projection or its image vectors are not in the text space (e.g.
+    the random projection)."""
     proj = getattr(store, "image_projection", None)
     if proj is None:
         return None
@@ -716,13 +739,11 @@ def _image_hits(
         return None
     q = qvec / max(float(np.linalg.norm(qvec)), 1e-12)
     hub = proj.hub_weight if rk.hub_weight is None else rk.hub_weight
-    mask = snap.filter_mask(source, since, until)
+    mask = snap.filter_mask(source, since, until, time_of_day)
     rows, sims = _nearest_rows(snap, q, mask, limit, -math.inf, bias_weight=hub)
-    # The floor is on the plain cosine (the corrected score has no fixed scale). Cheap: only the
-    # candidates are rescored.
-    raw = np.einsum("ij,j->i", snap.vecs[rows].astype(np.float32), q) * snap.inv_norms[rows]
-    return [(int(snap.ids[r]), float(s), float(snap.times[r]), bool(c >= rk.image_floor))
-            for r, s, c in zip(rows, sims, raw)]
+    # The floor is on the corrected score: a hub image is close to every text, nonsense included.
+    return [(int(snap.ids[r]), float(s), float(snap.times[r]), bool(s >= rk.image_floor))
+            for r, s in zip(rows, sims)]
 
 
 def _fuse_scores(

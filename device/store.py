@@ -38,6 +38,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
+import time as _time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -673,9 +674,16 @@ class Store:
         source: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        *,
+        time_of_day: tuple[int, int] | None = None,
+        after_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Newest first. ``since`` is inclusive, ``until`` exclusive (unix seconds)."""
-        where, args = filter_sql(source, since, until)
+        """Newest first. ``since`` is inclusive, ``until`` exclusive (unix seconds); ``time_of_day``:
+        see filter_sql; ``after_id``: only captures stored after that one (whatever their time)."""
+        where, args = filter_sql(source, since, until, time_of_day=time_of_day)
+        if after_id is not None:
+            where = f"{where} AND id > ?" if where else "WHERE id > ?"
+            args.append(int(after_id))
         rows = self.connection().execute(
             f"SELECT {_CAPTURE_COLUMNS} FROM captures {where} ORDER BY time DESC, id DESC LIMIT ? OFFSET ?",
             (*args, max(0, int(limit)), max(0, int(offset))),
@@ -684,13 +692,13 @@ class Store:
 
     def tagged(
         self, words: Sequence[str], limit: int, source: str | None = None, since: float | None = None,
-        until: float | None = None,
+        until: float | None = None, time_of_day: tuple[int, int] | None = None,
     ) -> list[tuple[int, float, float]]:
         """(id, confidence, time) of captures tagged with any of ``words``, most confident first."""
         words = sorted({w for w in words if w})
         if not words:
             return []
-        where, args = filter_sql(source, since, until, table="c")
+        where, args = filter_sql(source, since, until, table="c", time_of_day=time_of_day)
         cond = f"{where} AND" if where else "WHERE"
         rows = self.connection().execute(
             f"""SELECT t.capture_id, max(t.p) AS p, c.time FROM capture_tags t
@@ -700,6 +708,23 @@ class Store:
             (*args, *words, max(0, int(limit))),
         ).fetchall()
         return [(int(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+    def timeline(self, start: float, end: float, source: str | None = None) -> dict[str, Any]:
+        """Captures per local hour in [start, end) (a day), and the times of the nearest captures
+        before and after it (for "previous / next day with captures")."""
+        conn = self.connection()
+        where, args = filter_sql(source, start, end)
+        hours = [0] * 24
+        for hour, n in conn.execute(
+            f"SELECT CAST(strftime('%H', time, 'unixepoch', 'localtime') AS INTEGER), count(*) FROM captures "
+            f"{where} GROUP BY 1", args,
+        ):
+            hours[int(hour) % 24] += n
+        before_where, before_args = filter_sql(source, None, start)
+        after_where, after_args = filter_sql(source, end, None)
+        before = conn.execute(f"SELECT max(time) FROM captures {before_where}", before_args).fetchone()[0]
+        after = conn.execute(f"SELECT min(time) FROM captures {after_where}", after_args).fetchone()[0]
+        return {"hours": hours, "before": before, "after": after}
 
     def count(self) -> int:
         return int(self.connection().execute("SELECT captures FROM store_totals WHERE id = 1").fetchone()[0])
@@ -806,9 +831,13 @@ class Store:
 
 
 def filter_sql(
-    source: str | None, since: float | None, until: float | None, table: str = ""
+    source: str | None, since: float | None, until: float | None, table: str = "",
+    time_of_day: tuple[int, int] | None = None,
 ) -> tuple[str, list[Any]]:
-    """A WHERE clause (or "") for the common filters; ``table`` prefixes the column names."""
+    """A WHERE clause (or "") for the common filters; ``table`` prefixes the column names.
+
+    ``time_of_day``: (first minute, end minute) of the local day, end exclusive; when the first is
+    later than the end the range wraps past midnight (22:00-06:00)."""
     prefix = f"{table}." if table else ""
     clauses: list[str] = []
     args: list[Any] = []
@@ -821,7 +850,34 @@ def filter_sql(
     if until is not None:
         clauses.append(f"{prefix}time < ?")
         args.append(float(until))
+    if time_of_day is not None:
+        # SQLite's 'localtime' is the C library's, as Python's: the same zone and DST rules
+        clock = f"strftime('%H:%M', {prefix}time, 'unixepoch', 'localtime')"
+        first, end = (f"{m // 60:02d}:{m % 60:02d}" for m in time_of_day)
+        clauses.append(f"({clock} >= ? {'AND' if first <= end else 'OR'} {clock} < ?)")
+        args += [first, end]
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def minute_of_day(times: np.ndarray) -> np.ndarray:
+    """Local minute of the day (0..1439) of unix times, for the same filter in the vector cache.
+
+    The UTC offset is looked up once per quarter hour present (zone changes happen on those), not
+    per capture."""
+    t = np.asarray(times, np.float64)
+    if t.size == 0:
+        return np.zeros(0, np.int32)
+    buckets, inverse = np.unique(np.floor(t / 900.0), return_inverse=True)
+    offsets = np.array([_time.localtime(float(b) * 900.0).tm_gmtoff for b in buckets], np.float64)
+    local = t + offsets[inverse]
+    return (np.floor(local / 60.0) % 1440).astype(np.int32)
+
+
+def in_time_of_day(minutes: np.ndarray, time_of_day: tuple[int, int]) -> np.ndarray:
+    first, end = time_of_day
+    if first <= end:
+        return (minutes >= first) & (minutes < end)
+    return (minutes >= first) | (minutes < end)
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

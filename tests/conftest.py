@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["browserfixtures"]  # the browser and page fixtures
+
 STANDIN = Path(__file__).resolve().parent / "picamera2_standin"
 
 

@@ -3,11 +3,11 @@ logs in, searches, sees a new capture arrive, opens a capture, hovers a word, up
 Screenshots go to tests/artifacts/ (gitignored)."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
+from browserfixtures import ARTIFACTS, images_loaded, login, playwright_api
 from webfixtures import (
     CAPTURES,
     PASSWORD,
@@ -24,13 +24,7 @@ from webfixtures import (
 from device.image_projection import load_image_projection
 from device.web import WebSettings, create_app, hash_password
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (no browser download)")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium")
-
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+sync_api = playwright_api()
 
 
 @pytest.fixture(scope="module")
@@ -49,51 +43,8 @@ def site(tmp_path_factory):
     store.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def page(browser):
-    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=1)
-    pg = ctx.new_page()
-    pg.set_default_timeout(15_000)
-    problems: list[str] = []
-    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    # CSP violations, script errors and missing files show up as console errors; the 401 before
-    # login and the 415 of the deliberately bad upload are expected.
-    expected = ("status of 401", "status of 415")
-    pg.on("console", lambda m: problems.append(m.text)
-          if m.type == "error" and not any(e in m.text for e in expected) else None)
-    yield pg
-    ctx.close()
-    assert problems == []
-
-
-def _images_loaded(pg) -> None:
-    """Wait until the images in the viewport have loaded, so screenshots show them."""
-    script = """() => Array.from(document.images)
-        .filter((i) => i.getBoundingClientRect().top < window.innerHeight)
-        .every((i) => i.complete && i.naturalWidth > 0)"""
-    deadline = time.monotonic() + 10
-    while not pg.evaluate(script) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
 def _login(pg, url: str) -> None:
-    pg.goto(url + "/")
-    pg.locator("#password").wait_for()
-    pg.screenshot(path=str(ARTIFACTS / "1-login.png"))
-    pg.fill("#password", "wrong")
-    pg.click("form.login button[type=submit]")
-    sync_api.expect(pg.locator(".login .error")).to_contain_text("Wrong password")
-    pg.fill("#password", PASSWORD)
-    pg.click("form.login button[type=submit]")
+    login(pg, url, screenshot=ARTIFACTS / "1-login.png")
 
 
 def test_search_live_update_capture_heatmap(site, page):
@@ -104,7 +55,7 @@ def test_search_live_update_capture_heatmap(site, page):
     expect(cards).to_have_count(len(CAPTURES))
     expect(cards.first.locator(".cap")).to_have_text(CAPTURES[-1][1])  # newest first
     expect(page.locator("#status")).to_contain_text("Newest captures")
-    _images_loaded(page)
+    images_loaded(page)
     page.screenshot(path=str(ARTIFACTS / "2-newest.png"), full_page=True)
 
     # a capture stored while the page is open shows up without a reload
@@ -127,7 +78,7 @@ def test_search_live_update_capture_heatmap(site, page):
     page.select_option("#source", "")
     expect(cards.first.locator(".cap")).to_have_text("a red fox stands in the snow")
     expect(page.locator("#more")).to_be_hidden()  # paging is for the newest-first list only
-    _images_loaded(page)
+    images_loaded(page)
     page.screenshot(path=str(ARTIFACTS / "3-search.png"), full_page=True)
 
     # open the capture, hover a word: its attention map is drawn over the photo
@@ -180,7 +131,7 @@ def test_upload_caption_and_find_similar(site, page):
     # the photo just kept is the closest match to itself; the stored fox photos come next
     expect(found.first).to_have_attribute("href", page.locator("#kept-link").get_attribute("href"))
     expect(found.nth(1).locator(".cap")).to_have_text("a red fox stands in the snow")
-    _images_loaded(page)
+    images_loaded(page)
     page.screenshot(path=str(ARTIFACTS / "6-find-similar.png"), full_page=True)
 
     # a file that is not an image gets the server's one-line message, not a broken page
@@ -200,11 +151,11 @@ def test_desktop_layout(site, browser):
     pg = ctx.new_page()
     _login(pg, url)
     sync_api.expect(pg.locator("#results .card")).not_to_have_count(0)
-    _images_loaded(pg)
+    images_loaded(pg)
     pg.screenshot(path=str(ARTIFACTS / "8-desktop.png"))
     pg.goto(url + "/capture/1")
     pg.locator(".word", has_text="dogs").hover()
     sync_api.expect(pg.locator("#heat")).to_have_class("on")
-    _images_loaded(pg)
+    images_loaded(pg)
     pg.screenshot(path=str(ARTIFACTS / "9-desktop-capture.png"))
     ctx.close()

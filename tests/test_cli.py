@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -40,6 +41,10 @@ def test_help_and_usage(tmp_path: Path) -> None:
         assert cmd in r.stdout
     r = edgecap(tmp_path)
     assert r.returncode == 2 and "usage" in r.stderr
+    # every model set the help and install.sh name exists (issue 14: they said captioner-int4)
+    named = set(re.findall(r"captioner-[a-z0-9]+", edgecap(tmp_path, "caption", "--help").stdout))
+    named |= set(re.findall(r"captioner-[a-z0-9]+", (ROOT / "install.sh").read_text()))
+    assert named and all((MODELS / n / "manifest.json").is_file() for n in named), named
 
 
 def test_config_error_is_one_line(tmp_path: Path) -> None:
@@ -60,13 +65,16 @@ def test_hash_password_from_stdin(tmp_path: Path) -> None:
     assert "password_hash" in r.stderr
     r = edgecap(tmp_path, "hash-password", stdin="\n")
     assert r.returncode == 1 and "empty" in r.stderr and "Traceback" not in r.stderr
+    r = edgecap(tmp_path, "hash-password", stdin="a\n")  # issue 14: a 1-character password was accepted
+    assert r.returncode == 1 and "at least 8 characters" in r.stderr and not r.stdout
 
 
 def test_doctor_reports_each_part(tmp_path: Path) -> None:
-    r = edgecap(tmp_path, "doctor", env_extra={"EDGECAP_PASSWORD": "x"})
+    r = edgecap(tmp_path, "doctor", env_extra={"EDGECAP_PASSWORD": "long enough"})
     lines = r.stdout.splitlines()
     for part in ("config", "runtime", "captioner", "embedder", "camera", "store", "disk", "web"):
         assert any(line.split()[1:2] == [part] for line in lines if line.split()), (part, r.stdout)
+    assert "{" not in r.stdout  # issue 14: the quantization was printed as a Python dict
     assert "Traceback" not in r.stderr
     # a missing model set is a failure with a hint
     r = edgecap(tmp_path, "--models-dir", str(tmp_path), "doctor")
@@ -122,7 +130,7 @@ def test_ingest_then_search(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout == ""  # all already stored
     assert "9 already stored" in again.stderr
 
-    cat = next(row for row in rows if row["image"].endswith("cat_chelsea.jpg"))
+    cat = next(row for row in rows if row["original_path"].endswith("cat_chelsea.jpg"))
     word = cat["caption"].split()[1]  # e.g. "a cat ..." -> "cat"
     r = edgecap(tmp_path, "search", "--json", word)
     assert r.returncode == 0, r.stderr

@@ -306,8 +306,8 @@ def test_run_serves_the_page_while_capturing(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[camera]\nsource = "samples"\n[web]\nhost = "127.0.0.1"\nport = {port}\n'
                    '[model]\nnum_threads = 1\n')
-    p = run_edgecap(tmp_path, "--config", str(cfg), "run", env_extra={"EDGECAP_PASSWORD": "pw"})
-    auth = "Basic " + base64.b64encode(b"edgecap:pw").decode()
+    p = run_edgecap(tmp_path, "--config", str(cfg), "run", env_extra={"EDGECAP_PASSWORD": "pw-long-enough"})
+    auth = "Basic " + base64.b64encode(b"edgecap:pw-long-enough").decode()
     items: list = []
     try:
         deadline = time.monotonic() + 90

@@ -71,7 +71,7 @@ def check_promises(db: Path, reported: list[dict]) -> None:
     """Right after a kill, before anything else runs: each reported capture is there, for its photo."""
     with sqlite3.connect(db) as c:
         stored = dict(c.execute("SELECT id, original_path FROM captures").fetchall())
-    broken = [r for r in reported if stored.get(r["id"]) != r["image"]]
+    broken = [r for r in reported if stored.get(r["id"]) != r["original_path"]]
     assert not broken, f"reported as stored but missing after a kill: {broken[:3]}"
 
 

@@ -23,6 +23,7 @@ from tests.mqttbroker import PASSWORD, USER, Broker, Subscriber, free_port, need
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
+WEB_PASSWORD = "long enough password"  # edgecap refuses passwords under 8 characters
 needs_models = pytest.mark.skipif(not (MODELS / "captioner-int8" / "manifest.json").is_file(),
                                   reason="models/captioner-int8 not built yet")
 pytestmark = needs_mosquitto
@@ -63,7 +64,7 @@ def ids(payloads: list[bytes]) -> list[int]:
 # ------------------------------------------------------------------------------------- the whole daemon
 
 def http_get(url: str, auth: bool = True) -> tuple[int, str, Any]:
-    headers = {"Authorization": "Basic " + base64.b64encode(b"edgecap:pw").decode()} if auth else {}
+    headers = {"Authorization": "Basic " + base64.b64encode(b"edgecap:" + WEB_PASSWORD.encode()).decode()} if auth else {}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
             return r.status, r.read().decode(), r.headers
@@ -84,7 +85,7 @@ def test_run_publishes_discovery_captures_alerts_and_metrics(tmp_path: Path, bro
     photo = Image.open(ROOT / "device" / "samples" / "cat_chelsea.jpg").convert("RGB")
     phrase = captioner.caption(photo, beam_width=3).text
     web_port = free_port()
-    cfg = load_config(env={"EDGECAP_PASSWORD": "pw"}, overrides={
+    cfg = load_config(env={"EDGECAP_PASSWORD": WEB_PASSWORD}, overrides={
         "data_dir": str(tmp_path / "data"), "models_dir": str(MODELS),
         "camera": {"source": "samples"}, "model": {"num_threads": 1},
         "web": {"host": "127.0.0.1", "port": web_port, "public_url": "http://frontdoor.lan:8080"},

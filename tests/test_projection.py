@@ -271,9 +271,12 @@ def test_http_api_with_projected_image_vectors(tmp_path: Path) -> None:
         with running(app) as url:
             c = Client(url, basic())
             # Flickr8k-trained captions of these photos are poor ("a group of people stand in front of
-            # a building" for the rocket); the image vectors still find them
+            # a building" for the rocket); the image vectors still find them. (Not "a cup of coffee":
+            # the coffee cup's hubness-corrected score for it is 0.004, below what random letters
+            # give the rocket photo (0.024); it was found only while the image floor was a plain
+            # cosine that any photo near a hub cleared. Issue 14.)
             for query, want in (("a rocket launching into the sky", "rocket_launch.jpg"),
-                                ("a cup of coffee", "coffee_cup.jpg")):
+                                ("a cat in a cardboard box", "cat_in_box.jpg")):
                 res = c.get("/api/search?" + urlencode({"q": query, "k": 3})).json()
                 assert res["mode"] == "hybrid"
                 assert want in [item["original_path"] for item in res["items"][:2]], (query, res["items"])

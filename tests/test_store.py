@@ -342,3 +342,28 @@ def test_image_vectors_fit_one_kilobyte_and_keep_cosines() -> None:
     orig = unit @ unit.T
     proj = enc @ enc.T
     assert np.abs(orig - proj).max() < 0.12
+
+
+def test_time_of_day_in_sql_and_in_the_vector_cache_agree_across_dst(monkeypatch) -> None:
+    # Search filters the vector cache with minute_of_day() and SQLite with strftime('localtime'); a
+    # capture must pass or fail both the same way, also on the nights the clocks change.
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE captures (id INTEGER PRIMARY KEY, time REAL)")
+        # every 7 minutes around the spring and autumn changes of 2024, and a plain day
+        times = [t0 + 420 * i for t0 in (1711846800.0 - 86400, 1729990800.0 - 86400, 1717200000.0)
+                 for i in range(2 * 86400 // 420)]
+        conn.executemany("INSERT INTO captures (time) VALUES (?)", [(t,) for t in times])
+        minutes = store_mod.minute_of_day(np.asarray(times))
+        for window in ((60, 240), (150, 210), (22 * 60, 3 * 60), (0, 1440)):
+            where, args = store_mod.filter_sql(None, None, None, time_of_day=window)
+            in_sql = {r[0] for r in conn.execute(f"SELECT time FROM captures {where}", args)}
+            in_cache = {t for t, ok in zip(times, store_mod.in_time_of_day(minutes, window)) if ok}
+            assert in_sql == in_cache and in_sql, window
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -474,7 +474,7 @@ def test_oversized_upload_is_refused(store):
 
 def test_non_multipart_and_wrong_methods(api):
     assert api.post("/api/caption", b"{}", headers={"Content-Type": "application/json"}).status == 400
-    r = api.request("DELETE", "/api/captures/1")
+    r = api.request("PUT", "/api/captures/1")
     assert r.status == 405 and r.json()["error"] == "method not allowed"
     assert api.request("PUT", "/api/caption").status == 405
 

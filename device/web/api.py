@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, abort, jsonify, request, send_file
 
+from device import records
 from device.store import StoreFullError
 
 from . import params
@@ -22,22 +23,22 @@ DEFAULT_K = 24
 CAPTION_WAIT_S = 30.0
 
 
-def _search(q: str, k: int, source: str | None, since: float | None, until: float | None):
+def _search(q: str, k: int, filters: dict[str, Any]):
     from device.search import search  # the one ranking shared with the page and the CLI
 
     st = state()
-    return search(st.store, q, k=k, embedder=st.embedder, source=source, since=since, until=until)
+    return search(st.store, q, k=k, embedder=st.embedder, **filters)
 
 
 @bp.get("/search")
 def api_search():
-    """GET /api/search?q=&k=&source=&since=&until= : ranked captures (newest when q is empty)."""
+    """GET /api/search?q=&k=&source=&since=&until=&from_time=&to_time= : ranked captures (newest
+    when q is empty)."""
     q = params.query_arg(request.args)
     k = params.int_arg(request.args, "k", DEFAULT_K, 1, params.MAX_K)
-    source = params.source_arg(request.args)
-    since, until = params.range_args(request.args)
+    filters = params.filter_args(request.args)
     t0 = time.perf_counter()
-    res = _search(q, k, source, since, until)
+    res = _search(q, k, filters)
     took = (time.perf_counter() - t0) * 1000
     return jsonify({
         "query": q, "k": k, "mode": res.mode, "notice": res.notice,
@@ -48,21 +49,39 @@ def api_search():
 
 @bp.get("/captures")
 def api_captures():
-    """GET /api/captures?limit=&offset=&after_id=&source=&since=&until= : newest first, paged."""
+    """GET /api/captures?limit=&offset=&after_id=&source=&since=&until=&from_time=&to_time= : newest
+    first, paged. With after_id: only captures stored after that one (live updates), still newest first
+    by capture time, so a page can put each where it belongs."""
     limit = params.int_arg(request.args, "limit", DEFAULT_K, 1, params.MAX_K)
     offset = params.int_arg(request.args, "offset", 0, 0, params.MAX_OFFSET)
-    after_id = params.int_arg(request.args, "after_id", 0, 0, 2**62)
-    source = params.source_arg(request.args)
-    since, until = params.range_args(request.args)
-    rows = state().store.recent(limit, offset, source=source, since=since, until=until)
-    if after_id:
-        # Live updates: only what arrived after the newest capture the page already shows.
-        rows = [r for r in rows if int(r["id"]) > after_id]
+    after_id = params.int_arg(request.args, "after_id", 0, 0, 2**62) or None
+    rows = state().store.recent(limit, offset, after_id=after_id, **params.filter_args(request.args))
     items = [params.capture_json(r) for r in rows]
     more = len(rows) == limit and not after_id
     return jsonify({
         "items": items, "limit": limit, "offset": offset,
         "next_offset": offset + limit if more else None,
+    })
+
+
+@bp.get("/timeline")
+def api_timeline():
+    """GET /api/timeline?day=&source= : captures per hour of one local day (default: the newest
+    capture's day), and the nearest days before and after it that have captures."""
+    st = state()
+    source = params.source_arg(request.args)
+    start = params.date_arg(request.args, "day")
+    if start is None:
+        newest = st.store.recent(1, source=source)
+        start = params.day_start(newest[0]["time"] if newest else time.time())
+    end = params.date_arg({"day": params.local_day(start)}, "day", end_of_day=True)
+    t = st.store.timeline(start, end, source=source)
+    return jsonify({
+        "day": params.local_day(start),
+        "hours": t["hours"],
+        "total": sum(t["hours"]),
+        "prev_day": params.local_day(t["before"]) if t["before"] is not None else None,
+        "next_day": params.local_day(t["after"]) if t["after"] is not None else None,
     })
 
 
@@ -149,18 +168,6 @@ def api_search_photo():
     })
 
 
-def caption_json(c: Any, model_id: str | None) -> dict[str, Any]:
-    return {
-        "caption": c.text,
-        "score": params._num(c.score),
-        "words": [str(w) for w in c.words],
-        "tags": [t.to_dict() for t in c.tags],
-        "attention": params.attention_lists(c.attention),
-        "beams": [{"text": b["text"], "score": params._num(b["score"])} for b in c.beams],
-        "model": model_id,
-    }
-
-
 def _truthy(v: str | None) -> bool:
     return (v or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -174,7 +181,7 @@ def api_caption():
         return error
     img, cap, took = done
     model_id = getattr(st.captioner, "model_id", None)
-    out = caption_json(cap, model_id)
+    out = records.caption_json(cap, model_id)
     out["took_ms"] = round(took, 1)
     if _truthy(request.form.get("keep")):
         from device.daemon import Pipeline  # the one place that maps a caption onto a stored row
@@ -210,7 +217,7 @@ def api_stats():
     }
     stats["search_mode"] = "hybrid" if st.embedder is not None else "keyword"
     stats["uptime_s"] = round(time.time() - st.started, 1)
-    stats["started"] = params.iso_time(st.started)
+    stats["started"] = records.iso_time(st.started)
     return jsonify(_jsonable(stats))
 
 

@@ -23,7 +23,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import parse_cookie
 from werkzeug.routing import IntegerConverter
 
-from .auth import ENV_PASSWORD, FailureLimiter, PasswordChecker, RevokedSessions, new_csrf_token, same_token
+from .auth import (
+    ENV_PASSWORD,
+    FailureLimiter,
+    PasswordChecker,
+    RevokedSessions,
+    check_password_strength,
+    new_csrf_token,
+    same_token,
+)
 from .server import ADMIT, UNVERIFIED, Limits
 from .settings import WebConfigError, WebSettings, host_allowed, load_or_create_secret, settings_from
 
@@ -289,6 +297,11 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
     """
     settings = settings_from(config)
     env_password = settings.password or os.environ.get(ENV_PASSWORD) or None
+    if env_password and settings.auth:
+        try:
+            check_password_strength(env_password, ENV_PASSWORD)
+        except ValueError as e:
+            raise WebConfigError(str(e)) from None
     checker = PasswordChecker(settings.password_hash, env_password)
     if settings.auth and not checker.configured:
         raise WebConfigError(
@@ -366,10 +379,11 @@ def create_app(config: Any, store: Any, captioner: Any = None, embedder: Any = N
         return jsonify({"status": "ok", "uptime_s": round(time.time() - state().started, 1)})
 
     from . import alerts as alert_routes
-    from . import api, views  # routes import state() from here
+    from . import api, bulk, views  # routes import state() from here
     from . import metrics as metrics_routes
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(bulk.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(alert_routes.bp)
     app.register_blueprint(metrics_routes.bp)

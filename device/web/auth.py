@@ -23,12 +23,20 @@ from werkzeug.security import check_password_hash, generate_password_hash
 log = logging.getLogger(__name__)
 
 ENV_PASSWORD = "EDGECAP_PASSWORD"
+MIN_PASSWORD_CHARS = 8  # the page shows every capture to whoever has it; install.sh generates 16
+
+
+def check_password_strength(password: str | None, what: str = "the password") -> None:
+    """Raises ValueError naming `what` when the password is empty or shorter than MIN_PASSWORD_CHARS."""
+    if not password:
+        raise ValueError(f"{what} must not be empty")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"{what} is too short: use at least {MIN_PASSWORD_CHARS} characters")
 
 
 def hash_password(password: str) -> str:
-    """The hash to put in the config (`edgecap hash-password`). Raises ValueError on an empty password."""
-    if not password:
-        raise ValueError("the password must not be empty")
+    """The hash to put in the config (`edgecap hash-password`). Raises ValueError on a short password."""
+    check_password_strength(password)
     return generate_password_hash(password)
 
 

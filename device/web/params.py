@@ -5,18 +5,18 @@ that names it (turned into a 400 by the app's error handler).
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
 
-import numpy as np
 from flask import has_request_context, request
 from werkzeug.exceptions import BadRequest
 
-MAX_K = 100
+from device import records
+
+MAX_K = records.MAX_K
 MAX_QUERY_CHARS = 200
 MAX_SOURCE_CHARS = 64
 MAX_OFFSET = 10_000_000
@@ -79,6 +79,16 @@ def date_arg(args: Mapping[str, str], name: str, *, end_of_day: bool = False) ->
     return ts
 
 
+def local_day(ts: float) -> str:
+    """The device's local date of a Unix time, as YYYY-MM-DD."""
+    return datetime.fromtimestamp(float(ts)).date().isoformat()
+
+
+def day_start(ts: float) -> float:
+    """The Unix time of local midnight at the start of the day holding ``ts``."""
+    return datetime.combine(datetime.fromtimestamp(float(ts)).date(), dtime()).timestamp()
+
+
 def range_args(args: Mapping[str, str]) -> tuple[float | None, float | None]:
     since = date_arg(args, "since")
     until = date_arg(args, "until", end_of_day=True)
@@ -87,85 +97,39 @@ def range_args(args: Mapping[str, str]) -> tuple[float | None, float | None]:
     return since, until
 
 
-def to_epoch(value: Any) -> float | None:
-    """The store's time (Unix seconds, ISO text or datetime) as Unix seconds."""
-    if value is None:
+_CLOCK = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
+
+
+def clock_arg(args: Mapping[str, str], name: str) -> int | None:
+    """A local time of day "HH:MM" as minutes since midnight, or None when absent."""
+    raw = (args.get(name) or "").strip()
+    if not raw:
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, datetime):
-        return value.timestamp()
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
+    m = _CLOCK.fullmatch(raw[:8])
+    if not m:
+        raise bad(f"{name} must be a time of day like 08:30, got {raw[:40]!r}")
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+def time_of_day_args(args: Mapping[str, str]) -> tuple[int, int] | None:
+    """from_time / to_time ("HH:MM", local): (first minute, end minute), end exclusive; a range
+    like 22:00-06:00 wraps past midnight. One of them alone runs from midnight / to midnight."""
+    first, end = clock_arg(args, "from_time"), clock_arg(args, "to_time")
+    if first is None and end is None:
         return None
+    first, end = first or 0, 24 * 60 if end is None else end
+    if first == end:
+        raise bad("from_time and to_time must differ")
+    return first, end
 
 
-def iso_time(value: Any) -> str | None:
-    ts = to_epoch(value)
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).astimezone().isoformat(timespec="seconds")
-
-
-def _num(x: Any, digits: int = 4) -> float | None:
-    if x is None:
-        return None
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return round(f, digits) if math.isfinite(f) else None
-
-
-def attention_lists(attention: Any) -> list[list[list[float]]] | None:
-    """float32 [n_words, 7, 7] (array or nested lists) -> nested lists rounded for a small payload."""
-    if attention is None:
-        return None
-    arr = np.asarray(attention, dtype=np.float32)
-    if arr.ndim == 2 and arr.shape[1] == 49:
-        arr = arr.reshape(-1, 7, 7)
-    if arr.ndim != 3:
-        return None
-    return np.round(arr, 4).tolist()
-
-
-def words_of(c: Mapping[str, Any]) -> list[str]:
-    words = c.get("words")
-    if isinstance(words, (list, tuple)):
-        return [str(w) for w in words]
-    return str(c.get("caption") or "").split()
+def filter_args(args: Mapping[str, str]) -> dict[str, Any]:
+    """source, since, until and time_of_day, as search() and Store.recent() take them."""
+    since, until = range_args(args)
+    return {"source": source_arg(args), "since": since, "until": until, "time_of_day": time_of_day_args(args)}
 
 
 def capture_json(c: Mapping[str, Any], *, full: bool = False) -> dict[str, Any]:
-    """The API's view of a store record: what every capture in every response carries."""
-    cid = int(c["id"])
-    ts = to_epoch(c.get("time"))
-    # URLs are formatted here rather than with url_for(): four url_for calls per item cost ~1 ms
-    # per page of results. tests/test_web.py fetches them, so they cannot drift from the routes.
+    """records.capture_json with URLs under this app's root."""
     root = request.script_root if has_request_context() else ""
-    out: dict[str, Any] = {
-        "id": cid,
-        "caption": c.get("caption") or "",
-        "score": _num(c.get("score")),
-        "tags": [{"word": t["word"], "p": _num(t["p"], 3)} for t in c.get("tags") or []],
-        "time": c.get("time_iso") or iso_time(ts),
-        "timestamp": _num(ts, 3),
-        "source": c.get("source"),
-        "original_path": c.get("original_path"),
-        "model": c.get("model_id"),
-        "width": c.get("width"),
-        "height": c.get("height"),
-        "url": f"{root}/capture/{cid}",
-        "image_url": f"{root}/api/captures/{cid}/image",
-        "thumb_url": f"{root}/api/captures/{cid}/thumb",
-    }
-    if c.get("rank_score") is not None:
-        out["rank_score"] = _num(c.get("rank_score"))
-    if full:
-        beams = c.get("beams") or []
-        out["beams"] = [{"text": str(b.get("text", "")), "score": _num(b.get("score"))} for b in beams
-                        if isinstance(b, Mapping)]
-        out["words"] = words_of(c)
-        out["attention"] = attention_lists(c.get("attention"))
-    return out
+    return records.capture_json(c, full=full, root=root)

@@ -45,11 +45,12 @@ def index():
     # Validate here too, so a bad link shows a clear message rather than an empty page.
     q = params.query_arg(request.args)
     k = params.int_arg(request.args, "k", 24, 1, params.MAX_K)
-    params.range_args(request.args)
+    params.filter_args(request.args)
     return render_template(
         "index.html", q=q, k=k, k_choices=sorted({*K_CHOICES, k}), sources=_sources(),
         source=params.source_arg(request.args) or "",
         since=request.args.get("since", ""), until=request.args.get("until", ""),
+        from_time=request.args.get("from_time", ""), to_time=request.args.get("to_time", ""),
         has_embedder=state().embedder is not None,
     )
 

@@ -5,7 +5,10 @@
   const wordsEl = document.getElementById("words");
   const img = document.getElementById("photo");
   const canvas = document.getElementById("heat");
-  for (const t of document.querySelectorAll("time[datetime]")) t.textContent = edgecap.formatTime(t.dateTime);
+  for (const t of document.querySelectorAll("time[datetime]")) {
+    t.textContent = edgecap.formatTime(t.dateTime, t.hasAttribute("data-full"));
+  }
+  document.getElementById("delete").addEventListener("click", () => deleteCapture(root.dataset.id));
   loadSimilar(root.dataset.id);
   if (!wordsEl) return;  // a capture stored without attention
   try {
@@ -29,4 +32,17 @@ async function loadSimilar(id) {
     document.getElementById("similar").replaceChildren(...res.items.map((c) => edgecap.card(tpl, c, false)));
     document.getElementById("similar-section").hidden = false;
   } catch (e) { /* optional section: leave it hidden */ }
+}
+
+// Delete (after a confirmation), then back to the search page, where it is gone.
+async function deleteCapture(id) {
+  if (!confirm("Delete this capture and its photo? This cannot be undone.")) return;
+  const statusEl = document.getElementById("delete-status");
+  try {
+    await edgecap.send("DELETE", "/api/captures/" + id);
+    window.location.href = "/";
+  } catch (e) {
+    statusEl.textContent = "Not deleted: " + e.message;
+    statusEl.hidden = false;
+  }
 }

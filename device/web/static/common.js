@@ -15,23 +15,36 @@ const edgecap = (() => {
     return body;
   }
 
-  function formatTime(iso) {
+  // POST/DELETE a JSON body (or none).
+  function send(method, url, data) {
+    const options = { method };
+    if (data !== undefined) {
+      options.body = JSON.stringify(data);
+      options.headers = { "Content-Type": "application/json" };
+    }
+    return getJSON(url, options);
+  }
+
+  // Cards show the time alone for today's captures, date and time otherwise; full: always both.
+  function formatTime(iso, full = false) {
     if (!iso) return "";
     const d = new Date(iso);
     if (isNaN(d)) return iso;
-    const now = new Date();
-    const sameDay = d.toDateString() === now.toDateString();
-    return sameDay ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
-                   : d.toLocaleString([], { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    const sameDay = d.toDateString() === new Date().toDateString();
+    return sameDay && !full ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+      : d.toLocaleString([], { weekday: full ? "short" : undefined, year: "numeric", month: "short", day: "numeric",
+                               hour: "2-digit", minute: "2-digit" });
   }
 
-  function fmtScore(x) { return (x === null || x === undefined) ? "" : Number(x).toFixed(2); }
+  // A caption's confidence (0..1, the model's average probability per word) as people read it.
+  function fmtConfidence(x) { return (x === null || x === undefined) ? "" : Math.round(Number(x) * 100) + "%"; }
 
-  // One result card from the page's <template> (thumbnail, caption, time, source, score).
+  // One result card from the page's <template> (thumbnail, caption, time, source).
   function card(tpl, c, isNew) {
     const a = tpl.content.firstElementChild.cloneNode(true);
     a.href = c.url;
     a.dataset.id = c.id;
+    a.dataset.ts = c.timestamp;
     const img = a.querySelector("img");
     img.src = c.thumb_url;
     img.alt = c.caption;
@@ -42,12 +55,9 @@ const edgecap = (() => {
     t.dateTime = c.time || "";
     t.textContent = formatTime(c.time);
     a.querySelector(".src").textContent = c.source || "";
-    // search results show how well they match; the newest-first list shows the caption's own score
-    const ranked = c.rank_score !== undefined;
-    a.querySelector(".score").textContent = (ranked ? "match " : "score ") + fmtScore(ranked ? c.rank_score : c.score);
     if (isNew) a.classList.add("new");
     return a;
   }
 
-  return { csrf, getJSON, formatTime, fmtScore, card };
+  return { csrf, getJSON, send, formatTime, fmtConfidence, card };
 })();

@@ -55,7 +55,7 @@
       await img.decode().catch(() => {});
       document.getElementById("caption").textContent = res.caption;
       img.alt = res.caption;
-      document.getElementById("score").textContent = edgecap.fmtScore(res.score);
+      document.getElementById("score").textContent = edgecap.fmtConfidence(res.confidence);
       document.getElementById("model").textContent = res.model || "";
       wordsEl.replaceChildren();
       res.words.forEach((w, i) => {
@@ -68,7 +68,7 @@
         const li = document.createElement("li");
         li.textContent = `${b.text} `;
         const s = document.createElement("span");
-        s.className = "muted"; s.textContent = edgecap.fmtScore(b.score);
+        s.className = "muted"; s.textContent = edgecap.fmtConfidence(b.confidence);
         li.append(s);
         return li;
       }));
