@@ -189,6 +189,12 @@ def test_quick_start_and_usage_as_written(tmp_path: Path) -> None:
             r = user.run(line)
             assert r.returncode == 0, r.stdout
             assert str(user.home / ".local" / "share" / "edgecap") in r.stdout and "{" not in r.stdout
+        elif words[:2] == ["edgecap", "repair"]:
+            before = user.count()
+            r = user.run(line)
+            # a healthy store: nothing to move aside, every image has its row
+            assert r.returncode == 0 and "0 rows copied back, 0 images captioned again" in r.stdout, r.stderr
+            assert user.count() == before
         elif words[:2] == ["edgecap", "hash-password"]:
             r = user.run(line, stdin="a long enough password\n")
             assert r.returncode == 0 and r.stdout.startswith(("scrypt:", "pbkdf2:")), r.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from webfixtures import Client, basic, multipart
+from webfixtures import PASSWORD, Client, basic, multipart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,12 +50,12 @@ def big_jpeg(w: int = 6000, h: int = 4000) -> bytes:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_eight_concurrent_24mp_uploads_stay_small(tmp_path: Path) -> None:
-    env = {**os.environ, "EDGECAP_PASSWORD": "pw", "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "EDGECAP_PASSWORD": PASSWORD, "OPENBLAS_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT), str(tmp_path / "data")], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         port = int(p.stdout.readline())
-        client = Client(f"http://127.0.0.1:{port}", basic("pw"))
+        client = Client(f"http://127.0.0.1:{port}", basic(PASSWORD))
         photo = big_jpeg()
         assert len(photo) < 10 * 1024 * 1024
         body, headers = multipart(files={"image": ("big.jpg", photo, "image/jpeg")}, fields={"keep": "1"})
