@@ -37,8 +37,9 @@ def _export(args) -> None:
     from converters.model import build_encoder
     from converters.train import load_trained
     decoder, vocab, meta = load_trained(args.work)
+    keep = args.models / "captioner-int8" / "encoder.tflite" if args.keep_encoder else None
     export(_dataset(args), args.models, build_encoder(args.encoder_weights), decoder, vocab, meta,
-           calibration=args.calibration)
+           calibration=args.calibration, keep_encoder=keep)
 
 
 def _evaluate(args) -> None:
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p = command("export", _export, "write the TFLite model sets to models/")
     p.add_argument("--encoder-weights", default="imagenet")
     p.add_argument("--calibration", type=int, default=200, help="training images to calibrate the encoder")
+    p.add_argument("--keep-encoder", action="store_true",
+                   help="reuse models/captioner-int8/encoder.tflite instead of converting the encoder again")
     p = command("evaluate", _evaluate, "score the model sets (and the Keras model) on the test split")
     p.add_argument("--sets", nargs="*", help="model sets to score (default: all captioner sets)")
     p.add_argument("--split", default="test", choices=("dev", "test"),
@@ -123,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     training_options(p)
     p.add_argument("--calibration", type=int, default=200)
     p.add_argument("--report", type=Path, default=Path("bench/results/evaluate.json"))
-    p.set_defaults(sets=None, split="test", beam_width=3, threads=2, no_tune=False, no_keras=False,
-                   tagger="imagenet-tags")
+    p.set_defaults(keep_encoder=False, sets=None, split="test", beam_width=3, threads=2, no_tune=False,
+                   no_keras=False, tagger="imagenet-tags")
 
     args = parser.parse_args(argv)
     if args.coco == "none" or (args.coco == str(COCO) and not COCO.is_dir()):

@@ -162,13 +162,20 @@ def write_set(out: Path, name: str, files: dict[str, bytes], quantization: dict,
 
 
 def export(dataset: Dataset, out: Path, encoder, decoder, vocab, train_meta: dict,
-           calibration: int = 200, length_penalty: float = 0.7, sets=SETS) -> list[Path]:
-    # The encoder is calibrated on the first dataset's (Flickr8k's) training images alone, so that it
-    # stays the same file when only the decoder's training data changes: image-projection is fitted
-    # to its features.
+           calibration: int = 200, length_penalty: float = 0.7, sets=SETS,
+           keep_encoder: Path | None = None) -> list[Path]:
+    """Write the model sets. `keep_encoder`: an existing encoder.tflite to reuse as it is. The encoder
+    is frozen, so a decoder retrained on other data needs no new one, and the converter is not
+    byte-reproducible across TensorFlow versions: reusing it keeps image-projection (fitted to its
+    features) and the image vectors already stored on devices valid."""
+    # Calibrated on the first dataset's (Flickr8k's) training images only, as before COCO was added.
     train_names = (dataset.parts or [dataset])[0].splits["train"]
     picks = np.random.default_rng(0).choice(len(train_names), min(calibration, len(train_names)), replace=False)
-    encoder_bytes = export_encoder(encoder, [dataset.image_path(train_names[i]) for i in sorted(picks)])
+    if keep_encoder is not None:
+        encoder_bytes = Path(keep_encoder).read_bytes()
+        log.info("encoder: reusing %s (sha256 %s)", keep_encoder, sha256_of(Path(keep_encoder)))
+    else:
+        encoder_bytes = export_encoder(encoder, [dataset.image_path(train_names[i]) for i in sorted(picks)])
     init_fn, step_fn = decoder_functions(decoder)
     float_init, float_step = _convert(init_fn), _convert(step_fn)
     dynamic = {"optimizations": [tf.lite.Optimize.DEFAULT]}

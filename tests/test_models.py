@@ -27,7 +27,7 @@ def test_every_committed_set_matches_its_manifest():
 def test_size_budgets():
     def megabytes(name):
         return sum(ModelSet.load(MODELS / name).manifest["sizes"].values()) / 1e6
-    assert megabytes("captioner-int8") <= 10
+    assert megabytes("captioner-int8") + megabytes("imagenet-tags") <= 12  # what a device loads
     assert megabytes("captioner-4bit") <= 6
 
 

@@ -80,20 +80,16 @@ class PasswordChecker:
         if not self._hash:
             return False
         with self._lock:
-            return True if d in self._ok else None
-
-    def verify(self, password: str | None) -> bool:
-        if not password or len(password) > 1024:
-            return False
-        d = self._digest(password)
-        if self._env_digest is not None:
-            return hmac.compare_digest(d, self._env_digest)
-        if not self._hash:
-            return False
-        with self._lock:
             if d in self._ok:
                 self._ok.move_to_end(d)
                 return True
+        return None
+
+    def verify(self, password: str | None) -> bool:
+        cheap = self.verify_cheaply(password)
+        if cheap is not None:
+            return cheap
+        d = self._digest(password)
         try:
             ok = check_password_hash(self._hash, password)
         except (ValueError, TypeError):  # a malformed hash in the config: nobody gets in
