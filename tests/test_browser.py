@@ -25,6 +25,7 @@ from device.image_projection import load_image_projection
 from device.web import WebSettings, create_app, hash_password
 
 sync_api = playwright_api()
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def site(tmp_path_factory):
     captioner = load_real_captioner()
     vector = pixel_vector if captioner is None else captioner_vector(captioner)
     # with the real captioner, image vectors go through models/image-projection as on a device
-    projection = None if captioner is None else load_image_projection(Path(__file__).resolve().parent.parent / "models")
+    projection = None if captioner is None else load_image_projection(MODELS_DIR)
     store = fill_store(tmp_path_factory.mktemp("store"), image_vector=vector, image_projection=projection)
     app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store,
                      captioner or PixelCaptioner(), None)
@@ -119,6 +120,8 @@ def test_upload_caption_and_find_similar(site, page):
     page.click("#go")
     expect(page.locator("#result")).to_be_visible()
     expect(page.locator("#caption")).not_to_be_empty()
+    if (MODELS_DIR / "imagenet-tags" / "manifest.json").is_file():  # the real models: the object tag is shown
+        expect(page.locator("#tags .tag").first).to_have_text("fox")
     expect(page.locator("#kept")).to_be_visible()
     assert store.count() == before + 1
     page.locator("#words .word").first.hover()

@@ -101,8 +101,9 @@ def load_real_captioner() -> Any:
     if not (models / "captioner-int8" / "manifest.json").is_file():
         return None
     from device.captioner import Captioner
+    from device.tagger import load_tagger
 
-    return Captioner.load(models / "captioner-int8", num_threads=1)
+    return Captioner.load(models / "captioner-int8", num_threads=1, tagger=load_tagger(models))
 
 
 def captioner_vector(captioner: Any):

@@ -57,6 +57,13 @@
       img.alt = res.caption;
       document.getElementById("score").textContent = edgecap.fmtConfidence(res.confidence);
       document.getElementById("model").textContent = res.model || "";
+      document.getElementById("tags").replaceChildren(...(res.tags || []).map((t) => {
+        const span = document.createElement("span");
+        span.className = "tag";
+        span.title = `confidence ${Math.round(t.p * 100)}%`;
+        span.textContent = t.word;
+        return span;
+      }));
       wordsEl.replaceChildren();
       res.words.forEach((w, i) => {
         const b = document.createElement("button");
