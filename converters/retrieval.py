@@ -46,12 +46,14 @@ def variants() -> dict[str, Any]:
     from device.search import SHIPPED, Ranking
 
     return {
-        "keyword only (FTS5/BM25, caption + other beams)": Ranking(captions=False, images=False),
-        "keyword, best caption only": Ranking(captions=False, images=False, alt_weight=0.0),
-        "caption embedding only": Ranking(keyword=False, images=False),
-        "keyword + caption embedding (RRF)": Ranking(images=False),
-        "image vectors only (text -> image projection)": Ranking(keyword=False, captions=False),
+        "keyword only (FTS5/BM25, caption + other beams)": Ranking(captions=False, images=False, tags=False),
+        "keyword, best caption only": Ranking(captions=False, images=False, alt_weight=0.0, tags=False),
+        "caption embedding only (caption + tag words)": Ranking(keyword=False, images=False, tags=False),
+        "keyword + caption embedding (RRF)": Ranking(images=False, tags=False),
+        "image vectors only (text -> image projection)": Ranking(keyword=False, captions=False, tags=False),
+        "object tags only": Ranking(keyword=False, captions=False, images=False),
         shipped_name(SHIPPED): SHIPPED,
+        "shipped hybrid without the object tags": dataclasses.replace(SHIPPED, tags=False),
         "shipped hybrid without the hubness correction": dataclasses.replace(SHIPPED, hub_weight=0.0),
     }
 
@@ -61,6 +63,8 @@ def shipped_name(rk: Any) -> str:
     parts = ["image vectors", f"{rk.caption_weight:g} x caption embedding"]
     if rk.keyword_weight:
         parts.append(f"{rk.keyword_weight:g} x BM25")
+    if rk.tags:
+        parts.append(f"{rk.tag_weight:g} x tag confidence")
     return f"shipped hybrid ({' + '.join(parts)}, score fusion)"
 
 
