@@ -43,7 +43,7 @@ class Decoded:
     beams: list[Hypothesis]    # finished hypotheses, best first (best included)
 
 
-DEFAULT_LENGTH_PENALTY = 0.7  # what the committed sets' manifests say (decoding.length_penalty)
+DEFAULT_LENGTH_PENALTY = 1.0  # what the committed sets' manifests say (decoding.length_penalty)
 
 
 def normalised(logprob: float, length: int, length_penalty: float) -> float:
@@ -52,7 +52,8 @@ def normalised(logprob: float, length: int, length_penalty: float) -> float:
 
 
 def beam_search(model: StepModel, features: np.ndarray, special: Special, *, beam_width: int = 3,
-                max_len: int = 20, length_penalty: float = DEFAULT_LENGTH_PENALTY, word_bias: np.ndarray | None = None) -> Decoded:
+                max_len: int = 20, length_penalty: float = DEFAULT_LENGTH_PENALTY,
+                word_bias: np.ndarray | None = None) -> Decoded:
     """Decode one image's features [1,49,F]. Hypotheses leave the beam as they reach <end>.
 
     `word_bias` [V] is added to every step's log-probabilities: the captioner uses it to favour the
