@@ -156,10 +156,16 @@ def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
             "or models_dir / EDGECAP_MODELS_DIR"
         )
     from device.captioner import Captioner
+    from device.modelset import ModelSetError
     from device.tagger import load_tagger
 
     try:
-        return Captioner.load(path, num_threads=num_threads, tagger=load_tagger(models_dir))
+        tagger = load_tagger(models_dir)
+    except ModelSetError as e:  # optional, like the image projection: capture on without tags
+        log.warning("object tags are off: %s (reinstall models/imagenet-tags)", e)
+        tagger = None
+    try:
+        return Captioner.load(path, num_threads=num_threads, tagger=tagger)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise StartupError(f"cannot load captioner {path}: {e}") from e
 

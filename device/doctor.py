@@ -81,6 +81,22 @@ def check_models(r: Report, config: Config) -> None:
         q = _quantization(manifest.get("quantization", ""))
         r.line(OK, role, f"{name} ({q}, {size / 1e6:.1f} MB, sha256 verified)")
     check_projection(r, models_dir)
+    check_tags(r, models_dir)
+
+
+def check_tags(r: Report, models_dir: Path) -> None:
+    """Object tags are optional too; a broken set is a warning, as `edgecap run` goes on without tags."""
+    from device.tagger import DEFAULT_SET, load_tagger
+
+    try:
+        tagger = load_tagger(models_dir)
+    except Exception as e:  # noqa: BLE001 - any problem with the set is reported, not raised
+        r.line(WARN, "tags", f"{DEFAULT_SET}: {e}", "reinstall the model set; until then captures get no tags")
+        return
+    if tagger is None:
+        r.line(WARN, "tags", f"no {DEFAULT_SET} set: captures get no object tags")
+    else:
+        r.line(OK, "tags", f"{DEFAULT_SET} ({len(tagger.words)} words, sha256 verified)")
 
 
 def check_projection(r: Report, models_dir: Path) -> None:

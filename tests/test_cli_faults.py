@@ -48,10 +48,10 @@ def test_a_read_only_data_folder_is_reported_as_such(tmp_path: Path) -> None:
 
 
 def damaged_models(tmp_path: Path) -> Path:
-    """A models folder whose embedder and image projection fail their sha256 check."""
+    """A models folder whose embedder, image projection and object tags fail their sha256 check."""
     models = tmp_path / "models"
     models.mkdir()
-    for name in ("captioner-int8", "minilm-int8", "image-projection"):
+    for name in ("captioner-int8", "minilm-int8", "image-projection", "imagenet-tags"):
         if name == "captioner-int8":
             (models / name).symlink_to(MODELS / name)
             continue
@@ -65,15 +65,17 @@ def damaged_models(tmp_path: Path) -> Path:
 
 
 @needs_models
-def test_damaged_embedder_and_projection_warn_and_capturing_goes_on(tmp_path: Path) -> None:
+def test_damaged_optional_sets_warn_and_capturing_goes_on(tmp_path: Path) -> None:
     models = str(damaged_models(tmp_path))
     r = edgecap(tmp_path, "--models-dir", models, "doctor", env_extra={"EDGECAP_PASSWORD": "x"})
     lines = {ln.split()[1]: ln for ln in r.stdout.splitlines() if len(ln.split()) > 1 and ln[:4] in ("ok  ", "warn", "FAIL")}
     assert lines["embedder"].startswith("warn") and lines["projection"].startswith("warn"), r.stdout
+    assert lines["tags"].startswith("warn"), r.stdout
     assert lines["captioner"].startswith("ok")
     r = edgecap(tmp_path, "--models-dir", models, "run", "--no-web", "--source", "samples", "--max-captures", "2")
     assert r.returncode == 0, r.stderr
     assert "cannot load embedder" in r.stderr and "cannot load the image projection" in r.stderr
+    assert "object tags are off" in r.stderr
     with sqlite3.connect(tmp_path / "data" / "edgecap.db") as c:
         assert c.execute("SELECT count(*) FROM captures").fetchone()[0] == 2
     r = edgecap(tmp_path, "--models-dir", models, "search", "cat")
