@@ -147,7 +147,7 @@ def run_rss(captures: int, set_name: str) -> dict[str, Any]:
             f'[model]\ncaptioner = "{set_name}"\n[web]\nhost = "127.0.0.1"\nport = {port}\n'
             "[store]\nmin_free_mb = 0\n"
         )
-        env = {**os.environ, "EDGECAP_MODELS_DIR": str(ROOT / "models"), "EDGECAP_PASSWORD": "bench",
+        env = {**os.environ, "EDGECAP_MODELS_DIR": str(ROOT / "models"), "EDGECAP_PASSWORD": "bench-password",
                "PYTHONPATH": f"{ROOT / 'tests' / 'picamera2_standin'}{os.pathsep}{ROOT}"}
         env.pop("EDGECAP_CONFIG", None)
         t = time.perf_counter()
