@@ -10,15 +10,12 @@ ranking subtracts ``hub_weight`` times it.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from device.modelset import ModelSet, ModelSetError
-
-log = logging.getLogger(__name__)
+from device.modelset import ModelSet, ModelSetError, optional_set
 
 DEFAULT_SET = "image-projection"
 
@@ -77,10 +74,5 @@ class ImageProjection:
 def load_image_projection(models_dir: str | Path | None, name: str = DEFAULT_SET) -> ImageProjection | None:
     """The projection set in ``models_dir``, or None when there is none (image vectors then fall back
     to the store's fixed random projection: "more like this" works, text -> image does not)."""
-    if models_dir is None:
-        return None
-    set_dir = Path(models_dir) / name
-    if not (set_dir / "manifest.json").is_file():
-        log.info("no image projection at %s: text -> image search is off", set_dir)
-        return None
-    return ImageProjection.load(set_dir)
+    set_dir = optional_set(models_dir, name, "text -> image search is off")
+    return None if set_dir is None else ImageProjection.load(set_dir)

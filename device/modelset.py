@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class ModelSetError(RuntimeError):
@@ -71,6 +74,18 @@ class ModelSet:
             if want and sha256_of(path) != want:
                 raise ModelSetError(f"{path}: sha256 does not match manifest.json (corrupt or replaced "
                                     "file; copy the model set again)")
+
+
+def optional_set(models_dir: str | Path | None, name: str, without: str) -> Path | None:
+    """The folder of the optional model set `name` in `models_dir`, or None when it has none (logged
+    with `without`: what the device does without it)."""
+    if models_dir is None:
+        return None
+    set_dir = Path(models_dir) / name
+    if not (set_dir / "manifest.json").is_file():
+        log.info("no %s set at %s: %s", name, set_dir, without)
+        return None
+    return set_dir
 
 
 def available_sets(models_dir: str | Path, kind: str | None = None) -> list[str]:

@@ -8,15 +8,12 @@ product. Each of the 1001 labels maps to plain words (all dog breeds -> "dog", e
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from device.modelset import ModelSet, ModelSetError
-
-log = logging.getLogger(__name__)
+from device.modelset import ModelSet, ModelSetError, optional_set
 
 DEFAULT_SET = "imagenet-tags"
 
@@ -81,10 +78,5 @@ class Tagger:
 
 def load_tagger(models_dir: str | Path | None, name: str = DEFAULT_SET) -> Tagger | None:
     """The tagger set in ``models_dir``, or None when there is none (captions then carry no tags)."""
-    if models_dir is None:
-        return None
-    set_dir = Path(models_dir) / name
-    if not (set_dir / "manifest.json").is_file():
-        log.info("no tagger at %s: captures get no object tags", set_dir)
-        return None
-    return Tagger.load(set_dir)
+    set_dir = optional_set(models_dir, name, "captures get no object tags")
+    return None if set_dir is None else Tagger.load(set_dir)
