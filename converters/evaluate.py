@@ -65,8 +65,11 @@ def tag_precision(dataset, tags: dict[str, list[str]]) -> dict:
     lower bound (a reference may say "kitten" for a cat), but one that needs no labelling."""
     shown = hits = 0
     for name, words in tags.items():
-        said = {w for c in dataset.captions[name] for w in normalize(c)}
-        said |= {" ".join(pair) for c in dataset.captions[name] for pair in zip(normalize(c), normalize(c)[1:])}
+        said: set[str] = set()  # the references' words and adjacent pairs ("teddy bear")
+        for caption in dataset.captions[name]:
+            ref = normalize(caption)
+            said.update(ref)
+            said.update(" ".join(pair) for pair in zip(ref, ref[1:]))
         shown += len(words)
         hits += sum(bool(inflections(w) & said) for w in words)
     return {"tag_precision": round(100 * hits / max(shown, 1), 2),
@@ -113,8 +116,7 @@ def evaluate_set(set_dir: Path, dataset, names: list[str], beam_width: int, num_
     result.update(ms_per_caption=round(statistics.median(times), 2), beam_width=beam_width,
                   num_threads=num_threads, bytes=sum(manifest["sizes"].values()),
                   length_penalty=captioner.length_penalty, tag_bias=captioner.tag_bias if tagger else 0.0)
-    return {"metrics": result, "examples": {n: {"caption": hyps[n], "tags": tags[n]} for n in names[:5]},
-            "captions": hyps}
+    return {"metrics": result, "examples": {n: {"caption": hyps[n], "tags": tags[n]} for n in names[:5]}}
 
 
 def evaluate_keras(work: Path, dataset, names: list[str], beam_width: int, length_penalty: float,
@@ -128,7 +130,7 @@ def evaluate_keras(work: Path, dataset, names: list[str], beam_width: int, lengt
         decoded = beam_search(model, feats, special, beam_width=beam_width, max_len=max_len,
                               length_penalty=length_penalty)
         hyps[name] = tokens_to_text(decoded.best.tokens, vocab)
-    return {"metrics": score(references(dataset, names), hyps), "captions": hyps}
+    return {"metrics": score(references(dataset, names), hyps)}
 
 
 def evaluate(dataset: Dataset, work: Path, models: Path, sets: list[str], *, tagger: Tagger | None = None,
