@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device.store import DB_NAME, THUMBS, Store, not_writable
+from device.store import DB_NAME, THUMBS, Store, index_tags, json_list, not_writable
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def _copy_row(src: sqlite3.Connection, conn: sqlite3.Connection, data_dir: Path,
         [values[n] for n in names],
     )
     new_id = cur.lastrowid
+    index_tags(conn, new_id, json_list(values.get("tags")))  # the tag index follows the row's tags
     for table in ("embeddings", "image_vectors"):
         try:
             vec = src.execute(f"SELECT * FROM {table} WHERE capture_id = ?", (row["id"],)).fetchone()

@@ -364,17 +364,18 @@ def _alt_text(caption: str, beams: Sequence[dict] | None) -> str:
 def _row_to_capture(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d["time_iso"] = _iso(d["time"])
-    try:
-        beams = json.loads(d.get("beams") or "[]")
-    except (TypeError, ValueError):
-        beams = []
-    d["beams"] = beams if isinstance(beams, list) else []
-    try:
-        tags = json.loads(d.get("tags") or "[]")
-    except (TypeError, ValueError):
-        tags = []
-    d["tags"] = tags if isinstance(tags, list) else []
+    d["beams"] = json_list(d.get("beams"))
+    d["tags"] = json_list(d.get("tags"))
     return d
+
+
+def json_list(text: Any) -> list:
+    """A JSON list column (beams, tags) as a list; [] for NULL or garbage."""
+    try:
+        value = json.loads(text or "[]")
+    except (TypeError, ValueError):
+        return []
+    return value if isinstance(value, list) else []
 
 
 def _tag_list(tags: Sequence[dict] | None) -> list[dict[str, Any]]:
@@ -385,6 +386,15 @@ def _tag_list(tags: Sequence[dict] | None) -> list[dict[str, Any]]:
         if isinstance(word, str) and word.strip() and isinstance(p, int | float) and math.isfinite(p):
             out.setdefault(word.strip().lower(), round(float(p), 3))
     return [{"word": w, "p": p} for w, p in out.items()]
+
+
+def index_tags(conn: sqlite3.Connection, capture_id: int, tags: Sequence[dict]) -> list[dict[str, Any]]:
+    """Write a capture's tags into ``capture_tags`` (the search index of ``captures.tags``), inside the
+    caller's transaction; returns the valid tags written."""
+    tag_list = _tag_list(tags)
+    conn.executemany("INSERT OR REPLACE INTO capture_tags (word, capture_id, p) VALUES (?, ?, ?)",
+                     [(t["word"], capture_id, t["p"]) for t in tag_list])
+    return tag_list
 
 
 class Store:
@@ -568,8 +578,7 @@ class Store:
                         ),
                     )
                     cid = int(cur.lastrowid)
-                    conn.executemany("INSERT INTO capture_tags (word, capture_id, p) VALUES (?, ?, ?)",
-                                     [(tag["word"], cid, tag["p"]) for tag in tag_list])
+                    index_tags(conn, cid, tag_list)
                     if emb_blob is not None:
                         conn.execute("INSERT INTO embeddings (capture_id, vector) VALUES (?, ?)", (cid, emb_blob))
                     if img_blob is not None:

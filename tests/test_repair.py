@@ -2,6 +2,7 @@
 files, with the committed captioner re-captioning what cannot be copied back."""
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -26,10 +27,13 @@ def image_files(data: Path) -> set[str]:
 
 
 def consistent(data: Path) -> None:
-    """Every row has its image and thumbnail, and every image its row."""
+    """Every row has its image and thumbnail, every image its row, every tag its index entry."""
     with sqlite3.connect(data / "edgecap.db") as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = c.execute("SELECT image, thumb FROM captures").fetchall()
+        tagged = {(t["word"], cid) for cid, tags in c.execute("SELECT id, tags FROM captures")
+                  for t in json.loads(tags)}
+        assert tagged == set(c.execute("SELECT word, capture_id FROM capture_tags").fetchall())
     assert all((data / r[0]).is_file() and (data / r[1]).is_file() for r in rows)
     assert {Path(r[0]).name for r in rows} == image_files(data)
 
@@ -55,6 +59,12 @@ def test_doctor_sends_a_damaged_database_to_repair(tmp_path: Path, data: Path) -
 
 @needs_models
 def test_repair_after_the_database_was_moved_aside_copies_every_row_back(tmp_path: Path, data: Path) -> None:
+    c = sqlite3.connect(data / "edgecap.db")  # one capture with an object tag, as a device stores it
+    with c:
+        fox = c.execute("SELECT id FROM captures WHERE caption = 'a red fox stands in the snow'").fetchone()[0]
+        c.execute("UPDATE captures SET tags = '[{\"word\": \"fox\", \"p\": 0.9}]' WHERE id = ?", (fox,))
+        c.execute("INSERT INTO capture_tags (word, capture_id, p) VALUES ('fox', ?, 0.9)", (fox,))
+    c.close()  # the last connection: its WAL is written back into edgecap.db before the file moves
     before = stored(data)
     (data / "edgecap.db").rename(tmp_path / "moved.db")  # what doctor used to advise
     with Store(data) as store:  # the next start: a new database, and the images must survive it
@@ -67,6 +77,9 @@ def test_repair_after_the_database_was_moved_aside_copies_every_row_back(tmp_pat
     consistent(data)
     r = edgecap(tmp_path, "search", "fox snow", "--json")
     assert '"caption": "a red fox stands in the snow"' in r.stdout
+    with Store(data) as store:  # the tag came back with its row, and searches find it
+        fox_time = next(t for i, t, _, _ in before.values() if i == fox)
+        assert store.tagged(["fox"], 10) == [(fox, 0.9, fox_time)]
 
 
 @needs_models
