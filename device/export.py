@@ -19,7 +19,8 @@ from typing import Any
 FORMATS = ("csv", "json", "zip")
 MIMETYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json", "zip": "application/zip"}
 MAX_ITEMS = 10_000  # one export; a search returns at most 1000 anyway
-COLUMNS = ("id", "time", "caption", "confidence", "source", "original_path", "model", "width", "height", "image")
+COLUMNS = ("id", "time", "caption", "confidence", "tags", "source", "original_path", "model", "width", "height",
+           "image")
 
 
 def file_name(query: str, fmt: str, now: float | None = None) -> str:
@@ -40,12 +41,14 @@ def zip_member(item: dict[str, Any]) -> str:
 
 
 def csv_text(items: Iterable[dict[str, Any]], in_zip: bool = False) -> str:
-    """One row per capture; ``image`` is the photo's URL, or its path inside the zip."""
+    """One row per capture; ``tags`` the tag words ("cat, sofa"); ``image`` is the photo's URL, or its path
+    inside the zip."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for it in items:
-        row = dict(it, image=zip_member(it) if in_zip else it.get("image_url"))
+        row = dict(it, image=zip_member(it) if in_zip else it.get("image_url"),
+                   tags=", ".join(t["word"] for t in it.get("tags") or []))
         writer.writerow([_cell(row.get(c)) for c in COLUMNS])
     return out.getvalue()
 

@@ -2,6 +2,8 @@
 bonus for tagged words, and finding the sample photos by the objects in them."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import subprocess
@@ -153,3 +155,13 @@ def test_tags_are_stored_returned_and_deleted_with_their_capture(sample_store):
     assert store.tagged(["fox"], 10) == []
     left = store.connection().execute("SELECT count(*) FROM capture_tags WHERE capture_id = ?", (fox,))
     assert left.fetchone()[0] == 0
+
+
+def test_an_exported_csv_lists_each_capture_s_tags(sample_store):
+    from device import records
+    from device.export import csv_text
+
+    store, _, ids = sample_store
+    items = [records.capture_json(c) for c in store.get_many([ids["coffee_cup.jpg"]])]
+    (row,) = csv.DictReader(io.StringIO(csv_text(items)))
+    assert row["tags"] == "cup, coffee"

@@ -64,7 +64,7 @@ def test_export_formats(site):
     assert 'filename="edgecap-cat-' in r.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert rows and all("cat" in row["caption"] for row in rows)
-    assert set(rows[0]) >= {"id", "time", "caption", "confidence", "source", "image"}
+    assert set(rows[0]) >= {"id", "time", "caption", "confidence", "tags", "source", "image"}
     everything = api.get("/api/export?format=json").json()  # no query: every capture, newest first
     assert [c["id"] for c in everything] == list(range(len(CAPTURES), 0, -1))
     assert [c["id"] for c in api.get("/api/export?format=json&source=folder").json()] == [6, 5, 4]
