@@ -1,7 +1,7 @@
 """The local-network search page and JSON API (Flask app served by waitress)."""
 from .app import create_app
 from .auth import hash_password
-from .server import make_server, serve
+from .server import make_server
 from .settings import WebConfigError, WebSettings, effective_host, exposure_warning, load_or_create_secret
 
 __all__ = [
@@ -13,5 +13,4 @@ __all__ = [
            "hash_password",
            "load_or_create_secret",
            "make_server",
-           "serve",
 ]

@@ -294,13 +294,3 @@ def make_server(app: Any, host: str = "0.0.0.0", port: int = 8080, threads: int 
     from .app import body_gate, server_limits
 
     return WebServer(app, host, port, threads, limits or server_limits(app), body_gate(app))
-
-
-def serve(app: Any, host: str = "0.0.0.0", port: int = 8080, threads: int = 8) -> None:
-    """Serve `app` until interrupted (never Flask's development server)."""
-    server = make_server(app, host, port, threads)
-    log.info("serving on http://%s:%s/", host, server.port)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
