@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -187,6 +189,17 @@ class Vocab:
 
     def __len__(self) -> int:
         return len(self.words)
+
+    def log_frequencies(self, tokenized: list[list[str]]) -> list[float]:
+        """ln of each token's share of the training text (<end> once per caption, unknown words as
+        <unk>, add-one smoothed): the prior the captioner's rarity bonus divides out."""
+        counts = np.ones(len(self))
+        unk = self.index[UNK]
+        for caption in tokenized:
+            for w in caption:
+                counts[self.index.get(w, unk)] += 1
+        counts[self.index[END]] += len(tokenized)
+        return [round(float(x), 4) for x in np.log(counts / counts.sum())]
 
     def encode(self, words: list[str], max_len: int) -> list[int]:
         """<start> w1 .. wn <end>, truncated to max_len words, padded to max_len + 2."""

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from converters.data import END, PAD, START, UNK, Dataset
+from converters.data import END, PAD, START, UNK, Dataset, normalize
 from device.modelset import sha256_of
 from device.preprocess import load_image, to_model_input
 from device.runtime import make_interpreter
@@ -189,10 +189,12 @@ def export(dataset: Dataset, out: Path, encoder, decoder, vocab, train_meta: dic
     }
     meta = {
         "vocab": vocab.words,
+        "word_log_frequency": vocab.log_frequencies(
+            [normalize(c) for n in dataset.splits["train"] for c in dataset.captions[n]]),
         "special": {"pad": vocab.index[PAD], "start": vocab.index[START], "end": vocab.index[END],
                     "unk": vocab.index[UNK]},
         "max_len": train_meta["train"]["max_len"],
-        "decoding": {"beam_width": 3, "length_penalty": length_penalty},
+        "decoding": {"beam_width": 3, "length_penalty": length_penalty, "rarity": 0.0},
         "architecture": {"encoder": "MobileNetV2 (ImageNet, frozen) 7x7x1280", **train_meta["decoder"]},
         "training": train_meta["train"],
     }

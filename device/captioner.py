@@ -53,7 +53,9 @@ class Captioner:
     """Thread-safe: one caption at a time per Captioner (TFLite interpreters are not re-entrant).
 
     With a `tagger`, each caption also gets object tags, and the decoder favours the tagged words by
-    `tag_bias` x confidence (chosen on the dev sets by `python -m converters evaluate`).
+    `tag_bias` x confidence. `rarity` x -ln(the word's training frequency) is added to every word's
+    log-probability: beam search otherwise settles on the safest, commonest words ("a man in a red
+    shirt"). Both are chosen on the dev sets by `python -m converters evaluate`.
     """
 
     def __init__(self, model_set: ModelSet, num_threads: int = 2, tagger: Tagger | None = None):
@@ -67,6 +69,9 @@ class Captioner:
         self.beam_width = int(m["decoding"]["beam_width"])
         self.length_penalty = float(m["decoding"]["length_penalty"])
         self.tag_bias = float(m["decoding"].get("tag_bias", 0.0))
+        self.rarity = float(m["decoding"].get("rarity", 0.0))
+        # Sets exported before the rarity bonus existed have no frequencies: no bonus for them.
+        self.log_frequency = np.asarray(m["word_log_frequency"]) if "word_log_frequency" in m else None
         self.tagger = tagger
         self._vocab_index = {w: i for i, w in enumerate(self.vocab)}
         self._encoder = make_interpreter(model_set.path("encoder"), num_threads).get_signature_runner(SIGNATURE)
@@ -87,14 +92,15 @@ class Captioner:
         return self.caption_features(self.encode(image), beam_width)
 
     def word_bias(self, tags: list[Tag]) -> np.ndarray | None:
-        """[V] log-probability bonus for the tagged words the vocabulary has (None: no bonus)."""
-        ids = [(self._vocab_index[t.word], t.p) for t in tags if t.word in self._vocab_index]
-        if not ids or not self.tag_bias:
-            return None
+        """[V] log-probability bonus for rare words and for the tagged words (None: no bonus)."""
         bias = np.zeros(len(self.vocab))
-        for i, p in ids:
-            bias[i] += self.tag_bias * p
-        return bias
+        if self.rarity and self.log_frequency is not None:
+            bias -= self.rarity * self.log_frequency
+        if self.tag_bias:
+            for t in tags:
+                if t.word in self._vocab_index:
+                    bias[self._vocab_index[t.word]] += self.tag_bias * t.p
+        return bias if bias.any() else None
 
     def caption_features(self, features: np.ndarray, beam_width: int | None = None,
                          tags: list[Tag] | None = None) -> Caption:

@@ -1,4 +1,5 @@
 """The dataset readers: Flickr8k in both layouts, the COCO subset, combining them, clear errors, vocabulary."""
+import math
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def test_normalize_and_vocabulary():
     assert vocab.words[4:] == ["a", "dog"]
     ids = vocab.encode(["a", "cat", "dog", "runs"], max_len=3)
     assert [vocab.words[i] for i in ids] == ["<start>", "a", "<unk>", "dog", "<end>"]
+
+
+def test_word_frequencies_count_each_caption_end_and_fold_unknown_words_into_unk():
+    vocab = Vocab.build([["a", "dog"], ["a", "cat"], ["a", "dog"]], min_count=2)
+    logf = dict(zip(vocab.words, vocab.log_frequencies([["a", "dog"], ["a", "cat"], ["a", "dog"]])))
+    # add-one counts: pad 1, start 1, end 1+3, unk 1+1 ("cat"), a 1+3, dog 1+2; total 15
+    assert logf == pytest.approx({"<pad>": math.log(1 / 15), "<start>": math.log(1 / 15),
+                                  "<end>": math.log(4 / 15), "<unk>": math.log(2 / 15),
+                                  "a": math.log(4 / 15), "dog": math.log(3 / 15)}, abs=1e-4)
 
 
 def test_coco_layout_trains_on_train_and_restval_and_selects_on_val():

@@ -56,6 +56,7 @@ def test_every_variant_is_exported_with_a_manifest(pipeline):
         assert m["tensors"]["encoder"]["inputs"]["image"] == {"dtype": "uint8", "shape": [1, 224, 224, 3]}
         assert m["tensors"]["step"]["outputs"]["logprobs"]["shape"] == [-1, len(m["vocab"])]
         assert "CIDEr" in m["metrics"]["flickr8k_test"]
+        assert len(m["word_log_frequency"]) == len(m["vocab"]) and max(m["word_log_frequency"]) < 0
         sizes[name] = m["sizes"]["step.tflite"]
     # int8 weights are about a quarter of float, 4-bit weights smaller again
     assert sizes["captioner-4bit"] < sizes["captioner-int8"] < sizes["captioner-float"] / 3
@@ -74,6 +75,8 @@ def test_evaluation_report_scores_every_set_and_the_keras_model(pipeline):
     assert sets["captioner-int8"]["ms_per_caption"] > 0
     chosen = report["decoding"]["chosen"]
     assert chosen["length_penalty"] in (0.0, 0.3, 0.5, 0.7, 1.0) and chosen["tag_bias"] == 0.0  # no tagger here
+    assert chosen["rarity"] in (0.0, 0.025, 0.05, 0.075, 0.1)
+    assert {t["rarity"] for t in report["decoding"]["dev"].values()} == {0.0, 0.025, 0.05, 0.075, 0.1}
     assert set(next(iter(report["decoding"]["dev"].values()))["dev"]) == {"flickr8k", "coco"}
     assert "| captioner-int8 |" in run.stdout
 
