@@ -29,8 +29,8 @@ from device.captioner import Captioner
 from device.decoder import Special, beam_search
 from device.modelset import ModelSet
 from device.preprocess import load_image
+from device.search.textnorm import inflections
 from device.tagger import Tagger
-from device.textnorm import inflections
 
 log = logging.getLogger(__name__)
 LENGTH_PENALTIES = (0.0, 0.3, 0.5, 0.7, 1.0)

@@ -219,11 +219,14 @@ class Pipeline:
 
     def save(self, image: Image.Image, cap: Any, embedding: np.ndarray | None, *, source: str,
              original_path: str | None, time: float) -> int:
+        from device.vectors import encode_for_store
+
         cid = self.store.add(
             image, time=time, source=source, original_path=original_path, caption=cap.text,
             score=cap.score, model_id=self.captioner.model_id, beams=cap.beams, attention=cap.attention,
-            embedding=embedding, image_vector=getattr(cap, "image_vector", None),
             tags=[t.to_dict() for t in getattr(cap, "tags", [])],
+            **encode_for_store(embedding, getattr(cap, "image_vector", None),
+                               getattr(self.store, "image_projection", None)),
         )
         if self.on_saved is not None:
             self.on_saved(cid)
