@@ -83,6 +83,25 @@ def test_hubness_is_the_mean_of_the_k_nearest_reference_similarities() -> None:
     assert proj.hubness(images[3]) == pytest.approx(float(expect[3]), rel=1e-5)
 
 
+def test_converter_and_device_share_one_hubness_bit_for_bit() -> None:
+    # converters/projection.py used its own copy of the formula (float64 int8-rounded vectors from
+    # dev), the device another (float32, k clamped to the references); both now call
+    # device.image_projection.hubness, which must give exactly what each computed before.
+    rng = np.random.default_rng(4)
+    for dtype in (np.float64, np.float32):
+        images = np.rint(rng.standard_normal((40, 24)) * 127).astype(dtype) / 127
+        refs = np.rint(rng.standard_normal((300, 24)) * 127).astype(dtype) / 127
+        for k in (1, 5, 10):
+            sims = images @ refs.T
+            before = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+            np.testing.assert_array_equal(hubness(images, refs, k), before)
+    refs32 = refs.astype(np.float32)
+    proj = ImageProjection("t", np.eye(24, dtype=np.float32), np.zeros(24, np.float32), refs32, 0.5, hub_k=500)
+    v = images.astype(np.float32)
+    sims = v @ refs32.T  # the device's old method: k clamped to the 300 references
+    np.testing.assert_array_equal(proj.hubness(v), np.partition(sims, 0, axis=1)[:, -300:].mean(axis=1))
+
+
 def test_int8_weights_keep_the_projection() -> None:
     rng = np.random.default_rng(2)
     params = {"weight": rng.standard_normal((1280, 384)).astype(np.float32), "bias": np.ones(384, np.float32)}
