@@ -286,10 +286,6 @@ def write_set(out_dir: Path, name: str, tflite: bytes, src_dir: Path, config: di
     return set_dir
 
 
-def update_metrics(set_dir: Path, metrics: dict[str, Any]) -> None:
-    update_manifest(set_dir, lambda m: m.update(metrics=metrics))
-
-
 # ---------------------------------------------------------------- parity
 
 def read_test_captions(data_dir: Path) -> list[str]:
@@ -413,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         res = measure(set_dir, ref_ids, ref_vecs, texts, args.threads)
         res["data"] = "Flickr8k test captions (Flickr_8k.testImages.txt x captions.txt)"
         res["reference"] = REFERENCE_ID + " via sentence-transformers"
-        update_metrics(set_dir, res)
+        update_manifest(set_dir, lambda m, r=res: m.update(metrics=r))
         size_mb = (set_dir / MODEL_FILE).stat().st_size / 1e6
         passed = (res["cosine_mean"] >= MIN_MEAN_COSINE and res["cosine_min"] >= MIN_MIN_COSINE
                   and res["token_ids_identical"] == res["n"])

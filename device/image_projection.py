@@ -80,6 +80,6 @@ def hubness(images: np.ndarray, refs: np.ndarray, k: int) -> np.ndarray:
 
 def load_image_projection(models_dir: str | Path | None, name: str = DEFAULT_SET) -> ImageProjection | None:
     """The projection set in ``models_dir``, or None when there is none (image vectors then fall back
-    to the store's fixed random projection: "more like this" works, text -> image does not)."""
+    to the fixed random projection of device/vectors.py: "more like this" works, text -> image does not)."""
     set_dir = optional_set(models_dir, name, "text -> image search is off")
     return None if set_dir is None else ImageProjection.load(set_dir)

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, NamedTuple, Self
 
 import numpy as np
-import sqlite_utils
 from PIL import Image
 
 from device import schema
@@ -178,10 +177,6 @@ class Store(CaptureReads, IndexReads):
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
-
-    def db(self) -> sqlite_utils.Database:
-        """A sqlite-utils view of this thread's connection (for tools and tests)."""
-        return sqlite_utils.Database(self.connection())
 
     def _migrate(self) -> None:
         conn = self.connection()
