@@ -26,9 +26,10 @@ RERANK = 2_000  # vectors scored exactly per query; beyond that, a sign-bit Hamm
 BINARY_ABOVE = RERANK  # keep sign-bit codes once the index is larger than this
 
 
-
 @dataclass
 class Snapshot:
+    """One query's view of a VectorIndex: array views that later appends do not change."""
+
     ids: np.ndarray  # int64 [n]
     times: np.ndarray  # float64 [n]
     src: np.ndarray  # int32 [n], codes into source_codes
@@ -62,7 +63,7 @@ class VectorIndex:
     """The int8 vectors of one kind (caption embeddings or image vectors) with capture time/source.
 
     Loaded once, then updated incrementally: new captures by id (ids are never reused), changes and
-    deletions from the ``capture_changes`` log. Readers get a snapshot of views; appends write past
+    deletions from the store's change log (``Store.change_range``, ``Store.changed_since``). Readers get a snapshot of views; appends write past
     the snapshot's end and growth allocates new arrays, so a search never sees a half-written row.
     """
 
