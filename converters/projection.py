@@ -18,13 +18,14 @@ read by ``device/image_projection.py``. Run: ``python -m converters projection``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from device.image_projection import hubness  # the device's, so dev numbers are what a device computes
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,6 @@ def train(
     }
 
 
-def hubness(images: np.ndarray, refs: np.ndarray, k: int) -> np.ndarray:
-    """Mean cosine of each image vector to its k nearest reference captions (as the device does)."""
-    sims = images @ refs.T
-    return np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
-
-
 def recall(images: np.ndarray, queries: np.ndarray, hub: np.ndarray | None = None,
            weight: float = 0.0) -> dict[str, float]:
     """Text -> image recall of 5 queries per image ([n,5,d]) against unit image vectors [n,d]."""
@@ -230,7 +225,7 @@ def dequantize(q: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def export(params: dict[str, np.ndarray], refs: np.ndarray, hub_weight: float, hub_k: int, out_dir: Path,
            metrics: dict, training: dict) -> Path:
     """Write projection.npz (int8 weights, int8 reference captions) + manifest.json (sha256)."""
-    from device.modelset import sha256_of
+    from device.modelset import write_manifest
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / WEIGHTS_FILE
@@ -242,9 +237,7 @@ def export(params: dict[str, np.ndarray], refs: np.ndarray, hub_weight: float, h
         "name": OUT_NAME,
         "kind": "image-projection",
         "version": time.strftime("%Y%m%d"),
-        "files": {"weights": WEIGHTS_FILE},
-        "sha256": {WEIGHTS_FILE: sha256_of(path)},
-        "sizes": {WEIGHTS_FILE: path.stat().st_size},
+        "files": {"weights": WEIGHTS_FILE},  # write_manifest adds sha256 and sizes
         "quantization": "int8 weights (per-column scale), int8 reference captions (x127)",
         "preprocessing": "mean over the 49 positions of the captioner encoder's [1,49,1280] output",
         "tensors": {"input": [1280], "weight": list(params["weight"].shape), "bias": [params["weight"].shape[1]],
@@ -255,7 +248,7 @@ def export(params: dict[str, np.ndarray], refs: np.ndarray, hub_weight: float, h
         "training": training,
         "metrics": metrics,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_manifest(out_dir, manifest)
     return out_dir
 
 

@@ -77,7 +77,7 @@ def beam_embedding_store(data_dir: Path, out_dir: Path, embedder: Any, models: P
     import sqlite3
 
     from device.daemon import open_store
-    from device.store import encode_embedding
+    from device.vectors import encode_embedding
 
     out_dir.mkdir(parents=True, exist_ok=True)
     src = sqlite3.connect(data_dir / "edgecap.db")
@@ -98,7 +98,7 @@ def beam_embedding_store(data_dir: Path, out_dir: Path, embedder: Any, models: P
 
 def short_query(caption: str, rng: random.Random) -> str:
     """1-3 consecutive content words of a caption ("dog", "red shirt", "dog runs grass")."""
-    from device import textnorm
+    from device.search import textnorm
 
     words = [w for w in textnorm.words(caption) if w not in textnorm.STOP_WORDS]
     if not words:

@@ -10,13 +10,12 @@ the words people type: every dog breed -> dog, tabby / Egyptian cat -> cat, espr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from device.modelset import sha256_of
+from device.modelset import write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,7 @@ def export(classifier_dir: Path, out: Path) -> Path:
     words = [label_words(i, label) for i, label in enumerate(labels)]
     manifest = {
         "name": SET_NAME, "kind": "tagger", "version": 1,
-        "files": {"head": head.name}, "sha256": {head.name: sha256_of(head)},
-        "sizes": {head.name: head.stat().st_size},
+        "files": {"head": head.name},  # write_manifest adds sha256 and sizes
         "source": "last layer (Logits/Conv2d_1c_1x1) of the MobileNetV2 1.0/224 int8 ImageNet classifier "
                   "(Apache-2.0), applied to the captioner encoder's mean-pooled features",
         "quantization": "uint8 weights with one scale and zero point, as in the classifier",
@@ -125,7 +123,7 @@ def export(classifier_dir: Path, out: Path) -> Path:
         "tags": {"min_p": MIN_P, "top_k": TOP_K},
         "labels": labels, "words": words,
     }
-    (set_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_manifest(set_dir, manifest)
     log.info("%s: %d labels -> %d words, %d bytes", set_dir, len(labels), len({w for ws in words for w in ws}),
              head.stat().st_size)
     return set_dir

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from device import textnorm
 from device.config import AlertRule, redact_url
 from device.events import CaptureEvent, iso
 from device.metrics import Sample, counter, gauge
+from device.search import textnorm
 
 log = logging.getLogger(__name__)
 

@@ -145,18 +145,17 @@ class Backoff:
 
 def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
     """The captioner model set `name` (a folder in models_dir, or a path). Raises StartupError."""
-    path = Path(name).expanduser()
-    if not path.is_absolute() and not (len(path.parts) > 1 and path.is_dir()):
-        path = Path(models_dir) / name
-    if not (path / "manifest.json").is_file():
-        sets = sorted(p.name for p in Path(models_dir).glob("captioner-*") if (p / "manifest.json").is_file())
+    from device.modelset import ModelSetError, available_sets, find_set, set_path
+
+    path = find_set(models_dir, name)
+    if path is None:
+        sets = available_sets(models_dir, kind="captioner")
         hint = f"available: {', '.join(sets)}" if sets else f"no captioner sets in {models_dir}"
         raise StartupError(
-            f"captioner model set {name!r} not found at {path} ({hint}); set [model] captioner, "
-            "or models_dir / EDGECAP_MODELS_DIR"
+            f"captioner model set {name!r} not found at {set_path(models_dir, name)} ({hint}); set [model] "
+            "captioner, or models_dir / EDGECAP_MODELS_DIR"
         )
     from device.captioner import Captioner
-    from device.modelset import ModelSetError
     from device.tagger import load_tagger
 
     try:
@@ -219,11 +218,14 @@ class Pipeline:
 
     def save(self, image: Image.Image, cap: Any, embedding: np.ndarray | None, *, source: str,
              original_path: str | None, time: float) -> int:
+        from device.vectors import encode_for_store
+
         cid = self.store.add(
             image, time=time, source=source, original_path=original_path, caption=cap.text,
             score=cap.score, model_id=self.captioner.model_id, beams=cap.beams, attention=cap.attention,
-            embedding=embedding, image_vector=getattr(cap, "image_vector", None),
             tags=[t.to_dict() for t in getattr(cap, "tags", [])],
+            **encode_for_store(embedding, getattr(cap, "image_vector", None),
+                               getattr(self.store, "image_projection", None)),
         )
         if self.on_saved is not None:
             self.on_saved(cid)

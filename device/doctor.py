@@ -58,7 +58,7 @@ def check_models(r: Report, config: Config) -> None:
                "set models_dir or EDGECAP_MODELS_DIR to the folder holding captioner-int8/")
         return
     try:
-        from device.modelset import ModelSet
+        from device.modelset import ModelSet, available_sets, set_path
     except ImportError as e:
         r.line(FAIL, "models", f"device.modelset cannot be imported ({e})", "reinstall edgecap")
         return
@@ -67,11 +67,10 @@ def check_models(r: Report, config: Config) -> None:
             r.line(OK if name != "none" else WARN, role, f"{name}",
                    "" if name != "none" else "search is keyword-only; set [model] embedder = \"minilm-int8\"")
             continue
-        path = Path(name) if Path(name).is_absolute() else models_dir / name
         try:
-            ms = ModelSet.load(path)
+            ms = ModelSet.load(set_path(models_dir, name))
         except Exception as e:  # noqa: BLE001 - any problem with a set is reported, not raised
-            others = sorted(p.name for p in models_dir.iterdir() if (p / "manifest.json").is_file())
+            others = available_sets(models_dir)
             status = FAIL if role == "captioner" else WARN
             r.line(status, role, f"{name}: {e}",
                    f"available sets: {', '.join(others) or 'none'}; set [model] {role}")

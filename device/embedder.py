@@ -161,9 +161,11 @@ def load_embedder(models_dir: str | Path, name: str = DEFAULT_SET,
                         name)
             return None
 
-    set_dir = Path(models_dir) / name
-    if not (set_dir / "manifest.json").is_file():
-        log.warning("embedder %r: no model set at %s; search is keyword-only", name, set_dir)
+    from device.modelset import find_set, set_path
+
+    set_dir = find_set(models_dir, name)
+    if set_dir is None:
+        log.warning("embedder %r: no model set at %s; search is keyword-only", name, set_path(models_dir, name))
         return None
     manifest, paths = _open_set(set_dir)
     if manifest.get("kind") != "embedder":

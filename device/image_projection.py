@@ -65,14 +65,21 @@ class ImageProjection:
     def hubness(self, vectors: np.ndarray) -> np.ndarray | float:
         """Mean cosine of unit image vector(s) [d_out] / [n, d_out] to their k nearest references."""
         v = np.asarray(vectors, np.float32)
-        sims = np.atleast_2d(v) @ self.refs.T
-        k = max(1, min(self.hub_k, sims.shape[1]))
-        out = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+        out = hubness(np.atleast_2d(v), self.refs, self.hub_k)
         return float(out[0]) if v.ndim == 1 else out
+
+
+def hubness(images: np.ndarray, refs: np.ndarray, k: int) -> np.ndarray:
+    """Mean cosine of each unit image vector [n, d] to its ``k`` nearest reference captions [m, d]
+    (CSLS). The one definition: the device stores it per capture, converters/projection.py chooses
+    the hub weight and k with it on dev."""
+    sims = images @ refs.T
+    k = max(1, min(k, sims.shape[1]))
+    return np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
 
 
 def load_image_projection(models_dir: str | Path | None, name: str = DEFAULT_SET) -> ImageProjection | None:
     """The projection set in ``models_dir``, or None when there is none (image vectors then fall back
-    to the store's fixed random projection: "more like this" works, text -> image does not)."""
+    to the fixed random projection of device/vectors.py: "more like this" works, text -> image does not)."""
     set_dir = optional_set(models_dir, name, "text -> image search is off")
     return None if set_dir is None else ImageProjection.load(set_dir)

@@ -22,7 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from device.store import DB_NAME, THUMBS, Store, index_tags, json_list, not_writable
+from device.files import DB_NAME, THUMBS, not_writable
+from device.store import Store, index_tags
+from device.store_captures import json_list
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Keeping the store tidy: retention (size limit, free-space floor) and the start-up reconcile.
 
-Part of the store (device/store.py calls in here and these functions use its helpers). Both delete
+Part of the store (device/store.py calls in here; the file helpers are device/files.py). Both delete
 captures, so both refuse when deleting cannot be what the user wants: retention does not empty the
 store for a free-space floor it cannot reach anyway, and reconcile does not delete files or rows in
 numbers no crash can explain (a new, replaced or damaged database; image folders not all there).
@@ -14,20 +14,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device.store import (
+from device.files import (
+    DAY,
     IMAGES,
     THUMB_QUALITY,
     THUMBS,
     TMP_PREFIX,
-    _day_start,
-    _jpeg_bytes,
-    _thumbnail,
-    _write_atomic,
+    day_start,
+    jpeg_bytes,
+    thumbnail,
+    write_atomic,
 )
 
 log = logging.getLogger("device.store")
 
-DAY = 86400
 # A crash leaves at most a few files without a row (or rows without files): one per capture in flight.
 RECONCILE_SAFE_COUNT = 32
 
@@ -133,7 +133,7 @@ def reconcile(store: Any, grace_seconds: float = 60.0) -> dict[str, int]:
 
     for root in (store.images_dir, store.thumbs_dir):
         for folder in list(root.iterdir()) if root.is_dir() else []:
-            if folder.is_dir() and _day_start(folder.name) is not None:
+            if folder.is_dir() and day_start(folder.name) is not None:
                 try:
                     folder.rmdir()  # only succeeds when empty
                 except OSError:
@@ -148,7 +148,7 @@ def unreferenced_images(store: Any) -> list[Path]:
     out = []
     conn = store.connection()
     for folder in sorted(p for p in store.images_dir.iterdir() if p.is_dir()) if store.images_dir.is_dir() else []:
-        start = _day_start(folder.name)
+        start = day_start(folder.name)
         if start is None:
             continue
         named = {r[0] for r in conn.execute(
@@ -165,7 +165,7 @@ def _scan_days(store: Any, cutoff: float, result: dict[str, int]):
     names = sorted({p.name for _, d in roots if d.is_dir() for p in d.iterdir() if p.is_dir()})
     days, covered = [], []
     for day in names:
-        start = _day_start(day)
+        start = day_start(day)
         if start is None:
             log.warning("reconcile: leaving %s alone (not a store folder)", day)
             continue
@@ -212,9 +212,9 @@ def _rebuild_thumb(store: Any, rel_image: str, rel_thumb: str) -> bool:
         from PIL import Image
 
         with Image.open(src) as im:
-            data = _jpeg_bytes(_thumbnail(im.convert("RGB")), THUMB_QUALITY)
+            data = jpeg_bytes(thumbnail(im.convert("RGB")), THUMB_QUALITY)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(dst, data)
+        write_atomic(dst, data)
     except (OSError, ValueError) as e:
         log.warning("reconcile: cannot rebuild thumbnail %s: %s", dst, e)
         return False

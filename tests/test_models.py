@@ -1,12 +1,21 @@
 """The committed model sets: they load, match their manifests' hashes, meet the size budgets and the
 measured quality recorded at export, and caption a committed photo sensibly through the device code."""
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from device.captioner import Captioner
-from device.modelset import ModelSet, ModelSetError, available_sets
+from device.modelset import (
+    ModelSet,
+    ModelSetError,
+    available_sets,
+    find_set,
+    set_path,
+    update_manifest,
+    write_manifest,
+)
 from device.preprocess import load_image
 from device.tagger import load_tagger
 
@@ -23,6 +32,32 @@ def test_every_committed_set_matches_its_manifest():
     for name in names:
         if (MODELS / name).is_dir() and name != "minilm-float":  # minilm-float is never committed
             ModelSet.load(MODELS / name)  # raises on a missing file or a sha256 mismatch
+
+
+def test_the_one_manifest_writer_reproduces_every_committed_manifest(tmp_path):
+    # Every converter writes through modelset.write_manifest now; given what each one passes (the
+    # manifest without sha256 and sizes), it must write the committed file byte for byte.
+    for name in available_sets(MODELS):
+        text = (MODELS / name / "manifest.json").read_text()
+        manifest = json.loads(text)
+        copy = tmp_path / name
+        copy.mkdir()
+        for f in manifest["files"].values():
+            (copy / f).symlink_to(MODELS / name / f)
+        given = {k: v for k, v in manifest.items() if k not in ("sha256", "sizes")}
+        indent = 2 if text.startswith('{\n  "') else 1  # minilm-int8 has always had 2
+        write_manifest(copy, given, indent=indent)
+        assert (copy / "manifest.json").read_text() == text, name
+        update_manifest(copy, lambda m: m.update(metrics={"x": 1}))  # keeps the file's indentation
+        assert (copy / "manifest.json").read_text() == json.dumps({**manifest, "metrics": {"x": 1}},
+                                                                   indent=indent) + "\n"
+
+
+def test_one_lookup_finds_a_set_by_name_or_path(tmp_path):
+    assert find_set(MODELS, "captioner-int8") == MODELS / "captioner-int8"
+    assert find_set(tmp_path, str(MODELS / "captioner-int8")) == MODELS / "captioner-int8"  # a path of its own
+    assert find_set(MODELS, "no-such-set") is None
+    assert set_path(MODELS, "no-such-set") == MODELS / "no-such-set"  # where the message says it looked
 
 
 def test_size_budgets():

@@ -18,6 +18,7 @@ from device.image_projection import ImageProjection, load_image_projection
 from device.modelset import ModelSetError
 from device.search import SHIPPED, Ranking, search, search_by_vector, similar
 from device.store import Store
+from device.vectors import encode_for_store
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
@@ -82,6 +83,25 @@ def test_hubness_is_the_mean_of_the_k_nearest_reference_similarities() -> None:
     assert proj.hubness(images[3]) == pytest.approx(float(expect[3]), rel=1e-5)
 
 
+def test_converter_and_device_share_one_hubness_bit_for_bit() -> None:
+    # converters/projection.py used its own copy of the formula (float64 int8-rounded vectors from
+    # dev), the device another (float32, k clamped to the references); both now call
+    # device.image_projection.hubness, which must give exactly what each computed before.
+    rng = np.random.default_rng(4)
+    for dtype in (np.float64, np.float32):
+        images = np.rint(rng.standard_normal((40, 24)) * 127).astype(dtype) / 127
+        refs = np.rint(rng.standard_normal((300, 24)) * 127).astype(dtype) / 127
+        for k in (1, 5, 10):
+            sims = images @ refs.T
+            before = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:].mean(axis=1)
+            np.testing.assert_array_equal(hubness(images, refs, k), before)
+    refs32 = refs.astype(np.float32)
+    proj = ImageProjection("t", np.eye(24, dtype=np.float32), np.zeros(24, np.float32), refs32, 0.5, hub_k=500)
+    v = images.astype(np.float32)
+    sims = v @ refs32.T  # the device's old method: k clamped to the 300 references
+    np.testing.assert_array_equal(proj.hubness(v), np.partition(sims, 0, axis=1)[:, -300:].mean(axis=1))
+
+
 def test_int8_weights_keep_the_projection() -> None:
     rng = np.random.default_rng(2)
     params = {"weight": rng.standard_normal((1280, 384)).astype(np.float32), "bias": np.ones(384, np.float32)}
@@ -109,7 +129,7 @@ def test_store_keeps_projected_vectors_and_text_finds_the_image(tmp_path: Path, 
             # captions that never name the concept: only the image vector can find it
             caption = f"a blurry photo number {i}"
             ids[word] = store.add(Image.new("RGB", (32, 24), "gray"), time=T0 + i, source="cam", caption=caption,
-                                  embedding=emb.embed([caption])[0], image_vector=feats[i])
+                                  **encode_for_store(emb.embed([caption])[0], feats[i], proj))
         blob, hub = store.connection().execute("SELECT vector, hub FROM image_vectors LIMIT 1").fetchone()
         assert len(blob) == 384  # <= 1 KB per capture
         assert hub == pytest.approx(proj.hubness(np.frombuffer(blob, np.int8) / 127.0), abs=1e-6) and hub != 0
@@ -134,7 +154,7 @@ def test_without_projection_vectors_stay_random_projection_and_ranking_is_rrf(tm
     try:
         rng = np.random.default_rng(1)
         store.add(Image.new("RGB", (8, 8)), time=T0, source="cam", caption="a dog on grass",
-                  embedding=emb.embed(["a dog on grass"])[0], image_vector=rng.random(1280))
+                  **encode_for_store(emb.embed(["a dog on grass"])[0], rng.random(1280)))
         blob, hub = store.connection().execute("SELECT vector, hub FROM image_vectors").fetchone()
         assert len(blob) == 512 and hub == 0
         res = search(store, "dog", k=3, embedder=emb, ranking=SHIPPED)
@@ -200,7 +220,7 @@ def test_hubness_changes_the_image_ranking_after_reload_too(tmp_path: Path) -> N
     data = tmp_path / "data"
     with Store(data, image_projection=proj) as store:
         ids = [store.add(Image.new("RGB", (8, 8)), time=T0 + i, source="cam", caption=f"capture {i}",
-                         image_vector=feats[i]) for i in range(2)]
+                         **encode_for_store(None, feats[i], proj)) for i in range(2)]
         plain = Ranking(captions=False, keyword=False, hub_weight=0.0)
         assert [c["id"] for c in search(store, "dog", k=2, embedder=emb, ranking=plain).items] == ids
         assert [c["id"] for c in search(store, "dog", k=2, embedder=emb).items] == ids[::-1]
@@ -219,7 +239,7 @@ def test_fused_ranking_one_word_newest_first_misspelling_and_stop_words(tmp_path
     with Store(tmp_path / "data", image_projection=proj) as store:
         def add(caption: str, concept: str, t: float) -> int:
             return store.add(Image.new("RGB", (8, 8)), time=t, source="cam", caption=caption,
-                             embedding=emb.embed([caption])[0], image_vector=feats[WORDS.index(concept)])
+                             **encode_for_store(emb.embed([caption])[0], feats[WORDS.index(concept)], proj))
 
         dogs = [add("a dog on the grass", "dog", T0 + t) for t in (0, 5, 2)]
         others = [add(f"a {w} in the street", w, T0 + 10 + i) for i, w in enumerate(["car", "bike", "child"])]
@@ -307,7 +327,7 @@ def test_real_words_are_not_corrected_to_caption_words(tmp_path: Path) -> None:
     with Store(tmp_path / "data") as store:
         for i, caption in enumerate(["a man on the beach", "a dog on the grass"]):
             store.add(Image.new("RGB", (8, 8)), time=T0 + i, source="cam", caption=caption,
-                      embedding=emb.embed([caption])[0])
+                      **encode_for_store(emb.embed([caption])[0]))
         res = search(store, "tan dgo", k=5, embedder=emb)
         assert res.corrections == {"dgo": "dog"}  # "tan" is a word, not a typo of "man"
         assert search(store, "tan dgo", k=5, embedder=BagOfWordsEmbedder()).corrections == {
@@ -324,10 +344,11 @@ def test_one_word_query_returns_every_caption_that_says_it(tmp_path: Path, proje
     assert float(emb.embed(["man"])[0] @ emb.embed([long_caption])[0]) < 0.25
     with Store(tmp_path / "data", image_projection=load_image_projection(projection_dir.parent)) as store:
         cid = store.add(Image.new("RGB", (8, 8)), time=T0, source="cam", caption=long_caption,
-                        embedding=emb.embed([long_caption])[0], image_vector=feats[WORDS.index("car")])
+                        **encode_for_store(emb.embed([long_caption])[0], feats[WORDS.index("car")],
+                                           store.image_projection))
         for i, w in enumerate(["dog", "beach", "snow"]):
             store.add(Image.new("RGB", (8, 8)), time=T0 + 1 + i, source="cam", caption=f"a {w}",
-                      embedding=emb.embed([f"a {w}"])[0], image_vector=feats[WORDS.index(w)])
+                      **encode_for_store(emb.embed([f"a {w}"])[0], feats[WORDS.index(w)], store.image_projection))
         assert cid in [c["id"] for c in search(store, "man", k=10, embedder=emb).items]
         # with no BM25 weight the keyword ranking is skipped, and nothing else finds it
         no_kw = dataclasses.replace(SHIPPED, keyword_weight=0.0)

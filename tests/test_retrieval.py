@@ -13,9 +13,9 @@ from fakes import BagOfWordsEmbedder
 from PIL import Image
 
 from converters.retrieval import CachedEmbedder, evaluate, main, markdown, queries, short_query
-from device import textnorm
-from device.search import Ranking
+from device.search import Ranking, textnorm
 from device.store import Store
+from device.vectors import encode_for_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "device" / "samples"
@@ -52,7 +52,7 @@ def test_evaluate_counts_ranks_through_search(tmp_path: Path) -> None:
         for i, (name, caption) in enumerate([("dog.jpg", "a dog runs on grass"), ("cat.jpg", "a cat sleeps"),
                                              ("car.jpg", "a red car parked")]):
             ids[name] = store.add(Image.new("RGB", (8, 8)), time=T0 + i, source="bench", caption=caption,
-                                  embedding=emb.embed([caption])[0])
+                                  **encode_for_store(emb.embed([caption])[0]))
         qs = [("dog grass", "dog.jpg"), ("cat", "cat.jpg"), ("zebra", "car.jpg"), ("red car", "car.jpg"),
               ("red car dog", "dog.jpg")]
         keyword = evaluate(store, emb, Ranking(captions=False, images=False), qs, ids, k=10)

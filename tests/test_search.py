@@ -12,7 +12,9 @@ from PIL import Image
 
 from device import search as search_mod
 from device.search import NO_EMBEDDER, search, search_by_vector, similar
+from device.search import index as search_index
 from device.store import Store
+from device.vectors import encode_for_store
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
@@ -81,7 +83,7 @@ def minilm():
 def _add(store: Store, caption: str, t: float, *, source: str = "cam", embedder=None, image_vector=None) -> int:
     emb = embedder.embed([caption])[0] if embedder is not None else None
     return store.add(Image.new("RGB", (32, 24), "gray"), time=t, source=source, caption=caption,
-                     embedding=emb, image_vector=image_vector)
+                     **encode_for_store(emb, image_vector, store.image_projection))
 
 
 @pytest.fixture
@@ -216,13 +218,13 @@ def test_cache_follows_adds_deletes_and_reembedding(store: Store, bow: BagOfWord
     conn.execute("UPDATE embeddings SET vector = ? WHERE capture_id = ?", (vec, a))
     emb_only = search_mod._caches_for(store).embeddings.snapshot(store)
     q = bow.embed(["violet zeppelin"])[0]
-    hits = search_mod._nearest(emb_only, q, emb_only.valid.copy(), 5, 0.9)
+    hits = search_index.nearest(emb_only, q, emb_only.valid.copy(), 5, 0.9)
     assert [h[0] for h in hits] == [a]
 
 
 def test_binary_prefilter_keeps_the_nearest(store: Store, monkeypatch) -> None:
-    monkeypatch.setattr(search_mod, "BINARY_ABOVE", 100)
-    monkeypatch.setattr(search_mod, "RERANK", 60)
+    monkeypatch.setattr(search_index, "BINARY_ABOVE", 100)
+    monkeypatch.setattr(search_index, "RERANK", 60)
     rng = np.random.default_rng(3)
     vecs = rng.standard_normal((400, 384)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -239,7 +241,7 @@ def test_binary_prefilter_keeps_the_nearest(store: Store, monkeypatch) -> None:
     assert snap.codes is not None  # the prefilter is in use
     for target in (0, 123, 399):
         q = vecs[target] + 0.05 * rng.standard_normal(384).astype(np.float32)
-        hits = search_mod._nearest(snap, q, snap.valid.copy(), 3, -1.0)
+        hits = search_index.nearest(snap, q, snap.valid.copy(), 3, -1.0)
         assert hits[0][0] == int(snap.ids[target])
 
 
@@ -286,7 +288,7 @@ def test_smallest_distances_by_histogram() -> None:
     dist = rng.integers(0, 200, 50_000).astype(np.uint16)
     dist[rng.integers(0, 50_000, 1000)] = np.iinfo(np.uint16).max  # masked rows
     for m in (1, 100, 2000, 49_000):
-        got = search_mod._smallest(dist, m)
+        got = search_index._smallest(dist, m)
         assert got.size == m and np.all(np.diff(got) > 0)
         # every row not chosen is at least as far as every row chosen
         rest = np.ones(dist.size, bool)

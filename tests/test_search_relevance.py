@@ -12,6 +12,7 @@ from device.daemon import Pipeline, load_captioner, open_store
 from device.embedder import load_embedder
 from device.search import search
 from device.sources import Frame
+from device.vectors import encode_for_store
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -37,8 +38,9 @@ def stored(tmp_path_factory):
     cap = captioner.caption(image)
     said = store.add(image, time=1_700_001_000.0, source="samples", original_path=None,
                      caption="a woman holds a cup of coffee", score=cap.score, model_id=captioner.model_id,
-                     beams=[], attention=None, embedding=embedder.embed(["a woman holds a cup of coffee"])[0],
-                     image_vector=cap.image_vector)
+                     beams=[], attention=None,
+                     **encode_for_store(embedder.embed(["a woman holds a cup of coffee"])[0], cap.image_vector,
+                                        store.image_projection))
     names[said] = "said"
     yield store, embedder, names
     store.close()

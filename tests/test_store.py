@@ -13,7 +13,11 @@ import pytest
 from PIL import Image
 
 from device import store as store_mod
-from device.store import Store, StoreError, StoreFullError, decode_embedding, encode_image_vector
+from device.schema import MIGRATIONS
+from device.search.index import in_time_of_day, minute_of_day
+from device.store import Store, StoreError, StoreFullError
+from device.store_index import filter_sql
+from device.vectors import decode_embedding, encode_for_store, encode_image_vector
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
@@ -54,7 +58,7 @@ def test_add_then_get_returns_everything_that_was_stored(store: Store) -> None:
         _image(1000, 500), time=T0 + 0.25, source="usb", original_path="/photos/a.jpg",
         caption="a dog on the grass", score=-1.5, model_id="captioner-int8",
         beams=[{"text": "a dog on the grass", "score": -1.5}, {"text": "a puppy on a lawn", "score": -2.0}],
-        attention=attention, embedding=emb, image_vector=np.random.default_rng(1).random(1280),
+        attention=attention, **encode_for_store(emb, np.random.default_rng(1).random(1280)),
     )
     c = store.get(cid)
     assert c is not None
@@ -121,8 +125,8 @@ def test_stats_counts_bytes_and_time_range(store: Store) -> None:
 
 
 def test_delete_removes_rows_files_and_index_entries(store: Store) -> None:
-    keep = _add(store, "a red car", T0, embedding=np.ones(384))
-    gone = _add(store, "a blue car", T0 + 1, embedding=np.ones(384), image_vector=np.ones(1280))
+    keep = _add(store, "a red car", T0, **encode_for_store(np.ones(384)))
+    gone = _add(store, "a blue car", T0 + 1, **encode_for_store(np.ones(384), np.ones(1280)))
     gone_files = {store.file_path(gone, "image"), store.file_path(gone, "thumb")}
     assert store.delete([gone, 12345]) == 1
     assert store.get(gone) is None and store.get(keep) is not None
@@ -309,7 +313,7 @@ def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     cid = _add(s, "persisted", T0)
     s.close()
     with sqlite3.connect(tmp_path / "d" / "edgecap.db") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         # Plain tables: the sqlite3 CLI and Datasette read them; beams are JSON text.
         assert conn.execute("SELECT json_extract(beams, '$') FROM captures").fetchone()[0] == "[]"
@@ -317,7 +321,7 @@ def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="newer edgecap"):
         Store(tmp_path / "d")
     with sqlite3.connect(tmp_path / "d" / "edgecap.db") as conn:
-        conn.execute(f"PRAGMA user_version = {len(store_mod.MIGRATIONS)}")
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
     s = Store(tmp_path / "d")
     assert s.get(cid)["caption"] == "persisted"
     s.close()
@@ -358,11 +362,11 @@ def test_time_of_day_in_sql_and_in_the_vector_cache_agree_across_dst(monkeypatch
         times = [t0 + 420 * i for t0 in (1711846800.0 - 86400, 1729990800.0 - 86400, 1717200000.0)
                  for i in range(2 * 86400 // 420)]
         conn.executemany("INSERT INTO captures (time) VALUES (?)", [(t,) for t in times])
-        minutes = store_mod.minute_of_day(np.asarray(times))
+        minutes = minute_of_day(np.asarray(times))
         for window in ((60, 240), (150, 210), (22 * 60, 3 * 60), (0, 1440)):
-            where, args = store_mod.filter_sql(None, None, None, time_of_day=window)
+            where, args = filter_sql(None, None, None, time_of_day=window)
             in_sql = {r[0] for r in conn.execute(f"SELECT time FROM captures {where}", args)}
-            in_cache = {t for t, ok in zip(times, store_mod.in_time_of_day(minutes, window)) if ok}
+            in_cache = {t for t, ok in zip(times, in_time_of_day(minutes, window)) if ok}
             assert in_sql == in_cache and in_sql, window
     finally:
         monkeypatch.undo()

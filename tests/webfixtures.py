@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from device.store import Store
+from device.vectors import encode_for_store
 from device.web import make_server
 
 SAMPLES = Path(__file__).resolve().parent.parent / "device" / "samples"
@@ -80,8 +81,9 @@ def add_sample(store: Store, i: int, *, time: float | None = None, embedder: Any
         caption=caption, score=-0.5 - 0.05 * i, model_id="captioner-int8",
         beams=[{"text": caption, "score": -0.5 - 0.05 * i},
                {"text": " ".join(words[:-1]) + " outside", "score": -0.9 - 0.05 * i}],
-        attention=attention_for(len(words), centre), image_vector=image_vector(img),
-        embedding=None if embedder is None else embedder.embed([caption])[0],
+        attention=attention_for(len(words), centre),
+        **encode_for_store(None if embedder is None else embedder.embed([caption])[0], image_vector(img),
+                           store.image_projection),
     )
 
 
