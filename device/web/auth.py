@@ -22,7 +22,6 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 log = logging.getLogger(__name__)
 
-ENV_PASSWORD = "EDGECAP_PASSWORD"
 MIN_PASSWORD_CHARS = 8  # the page shows every capture to whoever has it; install.sh generates 16
 
 
@@ -41,7 +40,8 @@ def hash_password(password: str) -> str:
 
 
 class PasswordChecker:
-    """Checks a presented password against a hash or the EDGECAP_PASSWORD environment variable."""
+    """Checks a presented password against the configured hash, or the plain password from
+    EDGECAP_PASSWORD (`config.web.password`), which wins when both are set."""
 
     def __init__(self, password_hash: str | None, env_password: str | None = None, cache_size: int = 64):
         self._hash = password_hash
@@ -51,10 +51,6 @@ class PasswordChecker:
         self._ok: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, password_hash: str | None) -> PasswordChecker:
-        return cls(password_hash, os.environ.get(ENV_PASSWORD) or None)
 
     @property
     def configured(self) -> bool:
