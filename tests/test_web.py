@@ -185,6 +185,15 @@ def test_password_checker_caches_only_successes():
     assert not PasswordChecker("not-a-werkzeug-hash").verify("x")
 
 
+@pytest.mark.parametrize("bad", ["not-a-werkzeug-hash", "md5$salt$0123", "pbkdf2:sha256:many$salt$0123"])
+def test_a_malformed_hash_is_logged_once_without_the_hash(caplog, bad):
+    checker = PasswordChecker(bad)
+    assert not checker.verify("first try") and not checker.verify("second try")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "password_hash is not a password hash" in errors[0]
+    assert bad not in caplog.text and "try" not in caplog.text
+
+
 def test_failed_logins_are_rate_limited(store):
     app = create_app(web_config(store.data_dir, password_hash=PW_HASH), store, max_login_failures=3)
     c = app.test_client()

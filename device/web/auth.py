@@ -51,6 +51,9 @@ class PasswordChecker:
         self._ok: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._bad_hash_logged = False
+        if password_hash and password_hash.count("$") < 2:  # werkzeug answers False, silently, forever
+            self._bad_hash("not method$salt$hash")
 
     @property
     def configured(self) -> bool:
@@ -61,6 +64,13 @@ class PasswordChecker:
         """Changes when the password changes: stored in sessions so a new password logs everyone out."""
         material = self._env_digest or (self._hash or "").encode()
         return hashlib.sha256(b"edgecap-session:" + material).hexdigest()[:16]
+
+    def _bad_hash(self, why: str) -> None:
+        """A malformed hash in the config: nobody gets in, and the log says why (once; never the hash)."""
+        if not self._bad_hash_logged:
+            self._bad_hash_logged = True
+            log.error("[web] password_hash is not a password hash (%s): every login fails; run "
+                      "`edgecap hash-password` and put its output in the config", why)
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
@@ -88,7 +98,8 @@ class PasswordChecker:
         d = self._digest(password)
         try:
             ok = check_password_hash(self._hash, password)
-        except (ValueError, TypeError):  # a malformed hash in the config: nobody gets in
+        except (ValueError, TypeError) as e:  # an unknown method or bad parameters in the hash
+            self._bad_hash(type(e).__name__)
             return False
         if ok:
             with self._lock:
