@@ -32,7 +32,7 @@ from typing import Any
 from PIL import Image
 
 from device.config import load_config
-from device.events import start_events
+from device.event_outputs import start_events
 from device.metrics import Registry
 from device.pipeline import open_device
 from device.sources import Frame

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from device.config import Config
-from device.events import EventsError, start_events
+from device.event_outputs import start_events
+from device.events import EventsError
 from device.gate import Backoff, ChangeGate
 from device.metrics import Registry, Sample, counter
 from device.notify import Notifier

@@ -356,7 +356,8 @@ def test_alerts_page_in_a_real_browser(tmp_path: Path) -> None:
 
 def test_mqtt_start_up_problems_are_one_clear_message(tmp_path: Path) -> None:
     from device.config import load_config
-    from device.events import EventsError, start_events
+    from device.event_outputs import start_events
+    from device.events import EventsError
     from device.metrics import Registry
 
     cfg = load_config(env={}, overrides={"data_dir": str(tmp_path / "data"), "mqtt": {
