@@ -250,10 +250,9 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
+
 def run(config: Config, web: bool = True, stop: threading.Event | None = None) -> RunStats:
     """`edgecap run`. Raises StartupError for problems the user must fix; returns after a clean stop."""
-    from device.web.serve import start_web  # only when the page is served: Flask stays out of --no-web
-
     started = time.time()
     tune_malloc()
     stop = stop or threading.Event()
@@ -272,6 +271,8 @@ def run(config: Config, web: bool = True, stop: threading.Event | None = None) -
             except EventsError as e:
                 raise StartupError(str(e)) from e
             if web and config.web.enabled:
+                from device.web.serve import start_web  # here: Flask stays out of `run --no-web`
+
                 server = start_web(config, device, started, registry, events and events.alerts)
             pipeline = device.pipeline
             pipeline.on_saved = events.hub.submit if events else None

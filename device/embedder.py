@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -35,13 +35,6 @@ OUTPUT_NAME = "embedding"
 
 class EmbedderError(RuntimeError):
     """A model set that exists but cannot be used (bad manifest, garbled file, wrong tensors)."""
-
-
-class TextEmbedder(Protocol):
-    dim: int
-    model_id: str
-
-    def embed(self, texts: list[str]) -> np.ndarray: ...
 
 
 def _check_texts(texts: Any) -> list[str]:
