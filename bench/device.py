@@ -85,20 +85,16 @@ def test_images(n: int) -> list[str]:
 
 def ingest_in_process(files: list[str], set_name: str, threads: int, workers: int) -> dict[str, Any]:
     from device.config import load_config
-    from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
     from device.ingest import ingest
+    from device.pipeline import open_device
 
     with tempfile.TemporaryDirectory(prefix="edgecap-bench-") as d:
         cfg = load_config(env={}, overrides={"data_dir": d, "models_dir": str(ROOT / "models"),
                                              "model": {"captioner": set_name, "num_threads": threads}})
-        store = open_store(cfg.data_dir)
-        cap = load_captioner(cfg.models_dir, cfg.model.captioner, threads)
-        emb = load_text_embedder(cfg)
-        pipe = Pipeline(store, cap, emb, cfg.model.beam_width)
-        t, cpu = time.perf_counter(), time.process_time()
-        res = ingest(pipe, files, workers=workers)
-        secs, cpu = time.perf_counter() - t, time.process_time() - cpu
-        store.close()
+        with open_device(cfg) as device:  # as `edgecap ingest` opens it
+            t, cpu = time.perf_counter(), time.process_time()
+            res = ingest(device.pipeline, files, workers=workers)
+            secs, cpu = time.perf_counter() - t, time.process_time() - cpu
     # CPU time per image does not depend on what else runs on the machine; with 2 idle cores the
     # rate cannot exceed 2 / cpu_s_per_image (and the stages must overlap to get near it).
     return {"images": res.stored, "seconds": round(secs, 2), "images_per_s": round(res.stored / secs, 1),

@@ -32,9 +32,9 @@ from typing import Any
 from PIL import Image
 
 from device.config import load_config
-from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
-from device.events import start_events
+from device.event_outputs import start_events
 from device.metrics import Registry
+from device.pipeline import open_device
 from device.sources import Frame
 from tests.mqttbroker import PASSWORD, USER, Broker, Subscriber, mosquitto_binary, wait_until
 
@@ -61,14 +61,13 @@ def setup(mode: str, work: Path, broker_port: int, threads: int) -> dict[str, An
     if mode == "mqtt+alerts":
         overrides["alerts"] = RULES
     cfg = load_config(env={}, overrides=overrides)
-    store = open_store(cfg.data_dir, cfg.models_dir)
-    captioner = load_captioner(cfg.models_dir, cfg.model.captioner, threads)
-    embedder = load_text_embedder(cfg)
-    events = start_events(cfg, store, embedder, Registry())
+    device = open_device(cfg)
+    store = device.store
+    events = start_events(cfg, store, device.embedder, Registry())
     if events is not None and events.mqtt is not None:
         assert wait_until(lambda: events.mqtt.connected, 10), "cannot connect to the broker"
-    pipeline = Pipeline(store, captioner, embedder, cfg.model.beam_width,
-                        on_saved=events.hub.submit if events else None)
+    pipeline = device.pipeline
+    pipeline.on_saved = events.hub.submit if events else None
     return {"cfg": cfg, "store": store, "events": events, "pipeline": pipeline, "seconds": [], "cpu_seconds": [], "stored": 0}
 
 

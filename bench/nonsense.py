@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from converters.data import load_dataset
     from converters.retrieval import CachedEmbedder, evaluate, ingest, queries
-    from device.daemon import open_store
     from device.embedder import load_embedder
+    from device.pipeline import open_store
     from device.search import SHIPPED, search
 
     dataset = load_dataset(args.data)

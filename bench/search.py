@@ -211,10 +211,11 @@ class Client:
 
 
 def start_server(store: Store, embedder: Any) -> tuple[Any, threading.Thread]:
+    from device.config import Config, WebConfig
     from device.web import create_app, make_server
-    from device.web.settings import WebSettings
 
-    app = create_app(WebSettings(auth=False, secret_key="bench"), store, None, embedder)
+    config = Config(data_dir=store.data_dir, web=WebConfig(auth=False, secret_key="bench"))
+    app = create_app(config, store, None, embedder)
     server = make_server(app, "127.0.0.1", 0, threads=8)
     th = threading.Thread(target=server.serve_forever, daemon=True)
     th.start()

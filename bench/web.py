@@ -30,8 +30,9 @@ from typing import Any
 from bench.load import percentiles, run_clients
 from bench.search import SyntheticEmbedder, fill, make_queries
 from device import search as search_mod
+from device.config import Config, WebConfig
 from device.store import Store
-from device.web import WebSettings, create_app, hash_password, make_server
+from device.web import create_app, hash_password, make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "web.json"
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         fill(store, args.captures)
         embedder = SyntheticEmbedder()
         search_mod.warm(store)
-        app = create_app(WebSettings(password_hash=hash_password(PASSWORD), secret_key="bench"),
-                         store, None, embedder)
+        config = Config(data_dir=tmp / "store", web=WebConfig(password_hash=hash_password(PASSWORD),
+                                                              secret_key="bench"))
+        app = create_app(config, store, None, embedder)
         client = app.test_client()
         server = make_server(app, "127.0.0.1", 0, threads=args.threads)
         th = threading.Thread(target=server.serve_forever, daemon=True)

@@ -76,7 +76,7 @@ def beam_embedding_store(data_dir: Path, out_dir: Path, embedder: Any, models: P
     """
     import sqlite3
 
-    from device.daemon import open_store
+    from device.pipeline import open_store
     from device.vectors import encode_embedding
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("tune on --split dev; the test split is for the final report only")
 
     from converters.data import load_dataset
-    from device.daemon import open_store
     from device.embedder import load_embedder
+    from device.pipeline import open_store
 
     t_start = time.perf_counter()
     dataset = load_dataset(args.data)

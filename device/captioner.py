@@ -63,15 +63,21 @@ class Captioner:
         if m.get("kind") != "captioner":
             raise ModelSetError(f"{model_set.dir}: kind is {m.get('kind')!r}, not a captioner")
         self.model_id = model_set.name
-        self.vocab: list[str] = m["vocab"]
-        self.special = Special(**m["special"])
-        self.max_len = int(m["max_len"])
-        self.beam_width = int(m["decoding"]["beam_width"])
-        self.length_penalty = float(m["decoding"]["length_penalty"])
-        self.tag_bias = float(m["decoding"].get("tag_bias", 0.0))
-        self.rarity = float(m["decoding"].get("rarity", 0.0))
-        # Sets exported before the rarity bonus existed have no frequencies: no bonus for them.
-        self.log_frequency = np.asarray(m["word_log_frequency"]) if "word_log_frequency" in m else None
+        try:
+            self.vocab: list[str] = list(m["vocab"])
+            self.special = Special(**m["special"])
+            self.max_len = int(m["max_len"])
+            self.beam_width = int(m["decoding"]["beam_width"])
+            self.length_penalty = float(m["decoding"]["length_penalty"])
+            self.tag_bias = float(m["decoding"].get("tag_bias", 0.0))
+            self.rarity = float(m["decoding"].get("rarity", 0.0))
+            # Sets exported before the rarity bonus existed have no frequencies: no bonus for them.
+            self.log_frequency = (np.asarray(m["word_log_frequency"], dtype=np.float64)
+                                  if "word_log_frequency" in m else None)
+        except KeyError as e:  # say which field, not a bare "'vocab'"
+            raise ModelSetError(f"{model_set.dir}/manifest.json has no {e.args[0]!r} field") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ModelSetError(f"{model_set.dir}/manifest.json: a captioner field has the wrong type ({e})") from e
         self.tagger = tagger
         self._vocab_index = {w: i for i, w in enumerate(self.vocab)}
         self._encoder = make_interpreter(model_set.path("encoder"), num_threads).get_signature_runner(SIGNATURE)

@@ -150,7 +150,7 @@ def cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_caption(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import load_captioner
+    from device.pipeline import load_captioner  # no store: captions only
     from device.preprocess import BadImageError, load_image
 
     captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
@@ -174,8 +174,8 @@ def cmd_caption(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
     from device.ingest import find_images, ingest
+    from device.pipeline import open_device
     from device.progress import Progress
 
     try:
@@ -190,14 +190,10 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    store = open_store(config.data_dir, config.models_dir)
-    log.info("ingest: %d image files into %s", len(files), config.data_dir)
-    try:
-        store.reconcile()
-        config.model.num_threads = max(1, args.threads)
-        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
-        embedder = load_text_embedder(config)
-        pipeline = Pipeline(store, captioner, embedder, config.model.beam_width)
+    config.model.num_threads = max(1, args.threads)
+    with open_device(config, reconcile=True) as device:
+        log.info("ingest: %d image files into %s", len(files), config.data_dir)
+        store = device.store
         # a redrawn line on a terminal (not beside --json lines there); elsewhere a line every 10 s
         progress = Progress(len(files), tty=sys.stderr.isatty() and not args.json)
 
@@ -206,47 +202,31 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> int:
                 (row,) = store.get_many([cid])
                 print(json.dumps(cli_captures.capture_line(store, row)), flush=True)  # the line promises it is stored
 
-        result = ingest(pipeline, files, workers=args.workers, stop=stop, on_stored=on_stored,
+        result = ingest(device.pipeline, files, workers=args.workers, stop=stop, on_stored=on_stored,
                         progress=progress.update)
         progress.close()
-    finally:
-        close = getattr(store, "close", None)
-        if close:
-            close()
     log.info("ingest: %d stored, %d already stored, %d unreadable, of %d image files%s",
              result.stored, result.already, result.failed, result.total, " (stopped)" if stop.is_set() else "")
     return EXIT_OK if not stop.is_set() else 130
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import (
-        StartupError,
-        install_signal_handlers,
-        load_captioner,
-        load_text_embedder,
-        open_store,
-        start_web,
-        tune_malloc,
-    )
+    from device.daemon import install_signal_handlers
+    from device.pipeline import OPTIONAL, open_device
+    from device.runtime import tune_malloc
+    from device.web import start_web
 
     tune_malloc()  # as `run` does: uploads decode in worker threads, each would keep its own arena
-    store = open_store(config.data_dir, config.models_dir)
-    log.info("serving the captures in %s", config.data_dir)
-    try:
-        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
-    except StartupError as e:
-        log.warning("%s; uploads will not be captioned", e)
-        captioner = None
-    embedder = load_text_embedder(config)
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    # the same start-up as `edgecap run`: the same password rule, the same messages
-    server = start_web(config, store, captioner, embedder, time.time())
-    try:
-        stop.wait()
-    finally:
-        server.stop()
-        store.close()
+    with open_device(config, captioner=OPTIONAL) as device:
+        log.info("serving the captures in %s", config.data_dir)
+        stop = threading.Event()
+        install_signal_handlers(stop)
+        # the same start-up as `edgecap run`: the same password rule, the same messages
+        server = start_web(config, device, time.time())
+        try:
+            stop.wait()
+        finally:
+            server.stop()
     return EXIT_OK
 
 
@@ -271,15 +251,12 @@ def cmd_hash_password(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_repair(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import Pipeline, load_captioner, load_text_embedder, open_store
+    from device.pipeline import open_device
     from device.repair import RepairError, repair
 
-    def make_pipeline(store: Any) -> Pipeline:
-        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
-        return Pipeline(store, captioner, load_text_embedder(config), config.model.beam_width)
-
     try:
-        result = repair(config.data_dir, lambda: open_store(config.data_dir, config.models_dir), make_pipeline,
+        # the store alone first: repair loads the models only when it finds images to caption again
+        result = repair(config.data_dir, lambda: open_device(config, captioner=False, embedder=False),
                         Path(args.from_db) if args.from_db else None, progress=print)
     except RepairError as e:
         raise UserError(str(e)) from None
@@ -313,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgecap: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(config.log.level)
-    from device.daemon import StartupError
+    from device.pipeline import StartupError
     from device.store import DB_NAME, StoreError, damaged_message, is_damaged
 
     try:

@@ -36,30 +36,31 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_search(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import load_text_embedder, open_store
+    from device.pipeline import open_device
     from device.search import search
 
     _check_k(args)
     filters = _filters(args)
-    store = open_store(config.data_dir, config.models_dir)
-    embedder = load_text_embedder(config)
-    res = search(store, " ".join(args.query), k=args.k, embedder=embedder, **filters)
-    if res.notice:
-        print(f"edgecap: {res.notice}", file=sys.stderr)
-    if not res.items:
-        print(f"edgecap: nothing matches; {store.count()} captures in {config.data_dir}", file=sys.stderr)
-    for item in res.items:
-        if args.json:
-            print(json.dumps(capture_line(store, item)))
-        else:
-            conf = records.confidence(item.get("score"), len(str(item.get("caption", "")).split()))
-            print(f"#{item['id']:<6} {records.iso_time(item['time'])}  {item.get('caption', '')}  ({percent(conf)})")
+    with open_device(config, captioner=False) as device:
+        store = device.store
+        res = search(store, " ".join(args.query), k=args.k, embedder=device.embedder, **filters)
+        if res.notice:
+            print(f"edgecap: {res.notice}", file=sys.stderr)
+        if not res.items:
+            print(f"edgecap: nothing matches; {store.count()} captures in {config.data_dir}", file=sys.stderr)
+        for item in res.items:
+            if args.json:
+                print(json.dumps(capture_line(store, item)))
+            else:
+                conf = records.confidence(item.get("score"), len(str(item.get("caption", "")).split()))
+                print(f"#{item['id']:<6} {records.iso_time(item['time'])}  {item.get('caption', '')}  "
+                      f"({percent(conf)})")
     return EXIT_OK
 
 
 def cmd_export(config: Config, args: argparse.Namespace) -> int:
     from device import export
-    from device.daemon import load_text_embedder, open_store
+    from device.pipeline import open_device
 
     _check_k(args)
     fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() if args.output else "") or "csv"
@@ -68,32 +69,37 @@ def cmd_export(config: Config, args: argparse.Namespace) -> int:
     if fmt == "zip" and not args.output:
         raise UserError("a zip needs a file: add -o FILE.zip")
     filters = _filters(args)
-    store = open_store(config.data_dir, config.models_dir)
     query = " ".join(args.query)
-    embedder = load_text_embedder(config) if query else None
-    rows = export.select(store, query, embedder=embedder, limit=args.k or export.MAX_ITEMS, filters=filters)
-    items = [records.capture_json(r) for r in rows]
-    if not args.output:
-        export.write(items, fmt, sys.stdout.buffer, lambda cid: store.file_path(cid, "image"))
-        return EXIT_OK
-    out = Path(args.output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            export.write(items, fmt, fh, lambda cid: store.file_path(cid, "image"))
-        tmp.replace(out)  # a half-written file never has the name asked for
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    with open_device(config, captioner=False, embedder=bool(query)) as device:
+        store = device.store
+        rows = export.select(store, query, embedder=device.embedder, limit=args.k or export.MAX_ITEMS,
+                             filters=filters)
+        items = [records.capture_json(r) for r in rows]
+
+        def photo(cid: int) -> Path | None:
+            return store.file_path(cid, "image")
+
+        if not args.output:
+            export.write(items, fmt, sys.stdout.buffer, photo)
+            return EXIT_OK
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                export.write(items, fmt, fh, photo)
+            tmp.replace(out)  # a half-written file never has the name asked for
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     print(f"edgecap: wrote {len(items)} captures to {out}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_delete(config: Config, args: argparse.Namespace) -> int:
-    from device.daemon import open_store
+    from device.pipeline import open_device
 
-    store = open_store(config.data_dir, config.models_dir)
     wanted = sorted(set(args.ids))
-    deleted = store.delete(wanted)
+    with open_device(config, captioner=False, embedder=False) as device:
+        deleted = device.store.delete(wanted)
     print(f"edgecap: deleted {deleted} of {len(wanted)} captures from {config.data_dir}", file=sys.stderr)
     return EXIT_OK if deleted == len(wanted) else EXIT_FAIL

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 SYSTEM_CONFIG = Path("/etc/edgecap/config.toml")
+ENV_PASSWORD = "EDGECAP_PASSWORD"  # the web password, read in load_config (and nowhere else)
 
 SOURCES = ("auto", "picamera2", "usb", "jetson", "stream", "folder", "samples")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -106,6 +107,10 @@ class WebConfig:
     secure_cookies: bool = _f(False)  # true behind an HTTPS reverse proxy: the cookie goes over HTTPS only
     # Only from EDGECAP_PASSWORD (never from the file): a plain password the web app may hash at start.
     password: str = field(default="", repr=False, metadata={"env_only": True})
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
 
 @dataclass
@@ -299,8 +304,8 @@ def load_config(
         _apply(config, data, str(file))
         config.path = file
     _apply(config, _env_overrides(env), "environment")
-    if env.get("EDGECAP_PASSWORD"):
-        config.web.password = env["EDGECAP_PASSWORD"]
+    if env.get(ENV_PASSWORD):  # the one place the web password is read from the environment
+        config.web.password = env[ENV_PASSWORD]
     if env.get("EDGECAP_MQTT_PASSWORD"):
         config.mqtt.password = env["EDGECAP_MQTT_PASSWORD"]
     if overrides:

@@ -8,257 +8,30 @@ store has committed it before the process exits 0.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
-import os
 import signal
-import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from device.config import Config
-from device.events import EventsError, start_events
-from device.metrics import Histogram, Registry, Sample, counter
+from device.event_outputs import start_events
+from device.events import EventsError
+from device.gate import Backoff, ChangeGate
+from device.metrics import Registry, Sample, counter
+from device.notify import Notifier
+from device.pipeline import Pipeline, StartupError, open_device
+from device.runtime import tune_malloc
 from device.sources import Frame, Source, SourceError, detect_source, open_source
 
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 RETENTION_EVERY_S = 60.0
-BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
-
-
-class StartupError(RuntimeError):
-    """Start-up cannot go on (models missing, data folder not writable...); the message says what to do."""
-
-
-# ---------------------------------------------------------------------------------------------- systemd
-
-def sd_notify(state: str, env: dict[str, str] | os._Environ[str] | None = None) -> bool:
-    """Send `state` (e.g. "READY=1") to systemd's NOTIFY_SOCKET. False when not under systemd.
-
-    The protocol is one datagram on a unix socket; a name starting with '@' is an abstract socket.
-    Written here rather than depending on python-systemd, which is not on PyPI for every platform.
-    """
-    env = os.environ if env is None else env
-    addr = env.get("NOTIFY_SOCKET")
-    if not addr or addr[0] not in "/@":
-        return False
-    target = "\0" + addr[1:] if addr[0] == "@" else addr
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(target)
-            sock.sendall(state.encode())
-    except OSError as e:
-        log.debug("sd_notify(%s) failed: %s", state, e)
-        return False
-    return True
-
-
-class Notifier:
-    """READY / STATUS / WATCHDOG / STOPPING for systemd; silent no-ops elsewhere."""
-
-    def __init__(self, env: dict[str, str] | os._Environ[str] | None = None) -> None:
-        self.env = dict(os.environ if env is None else env)
-        self.enabled = bool(self.env.get("NOTIFY_SOCKET"))
-        usec = self.env.get("WATCHDOG_USEC", "")
-        pid = self.env.get("WATCHDOG_PID", "")
-        watchdog = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
-        # ping at half the timeout, as sd_watchdog_enabled(3) recommends
-        self.watchdog_interval = int(usec) / 2e6 if watchdog else None
-        self._last_ping = float("-inf")
-
-    def send(self, state: str) -> None:
-        if self.enabled:
-            sd_notify(state, self.env)
-
-    def ready(self, status: str) -> None:
-        self.send(f"READY=1\nSTATUS={status}")
-
-    def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
-
-    def watchdog(self) -> None:
-        if self.watchdog_interval is None:
-            return
-        now = time.monotonic()
-        if now - self._last_ping >= self.watchdog_interval:
-            self._last_ping = now
-            self.send("WATCHDOG=1")
-
-    def stopping(self) -> None:
-        self.send("STOPPING=1")
-
-
-# ---------------------------------------------------------------------------------------------- gating
-
-def signature(image: Image.Image) -> np.ndarray:
-    """A 64x64 grey thumbnail in 0..1: cheap to compute, blind to sensor noise and JPEG detail."""
-    small = image.convert("L").resize((64, 64), Image.BILINEAR)
-    return np.asarray(small, dtype=np.float32) / 255.0
-
-
-class ChangeGate:
-    """Skips frames that barely differ from the last *stored* one, so a still scene doesn't fill the disk."""
-
-    def __init__(self, min_change: float) -> None:
-        self.min_change = min_change
-        self._last: np.ndarray | None = None
-
-    def check(self, image: Image.Image) -> tuple[bool, float, np.ndarray]:
-        """(store it?, mean absolute difference to the last stored frame, its signature)."""
-        sig = signature(image)
-        if self._last is None:
-            return True, 1.0, sig
-        diff = float(np.abs(sig - self._last).mean())
-        return diff >= self.min_change, diff, sig
-
-    def remember(self, sig: np.ndarray) -> None:
-        self._last = sig
-
-
-class Backoff:
-    """1 s, 2 s, 4 s ... 60 s between attempts; reset after a success."""
-
-    def __init__(self, first: float = BACKOFF_MIN_S, cap: float = BACKOFF_MAX_S) -> None:
-        self.first, self.cap = first, cap
-        self._next = first
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.first
-
-
-# ---------------------------------------------------------------------------------------------- models
-
-def load_captioner(models_dir: Path, name: str, num_threads: int) -> Any:
-    """The captioner model set `name` (a folder in models_dir, or a path). Raises StartupError."""
-    from device.modelset import ModelSetError, available_sets, find_set, set_path
-
-    path = find_set(models_dir, name)
-    if path is None:
-        sets = available_sets(models_dir, kind="captioner")
-        hint = f"available: {', '.join(sets)}" if sets else f"no captioner sets in {models_dir}"
-        raise StartupError(
-            f"captioner model set {name!r} not found at {set_path(models_dir, name)} ({hint}); set [model] "
-            "captioner, or models_dir / EDGECAP_MODELS_DIR"
-        )
-    from device.captioner import Captioner
-    from device.tagger import load_tagger
-
-    try:
-        tagger = load_tagger(models_dir)
-    except ModelSetError as e:  # optional, like the image projection: capture on without tags
-        log.warning("object tags are off: %s (reinstall models/imagenet-tags)", e)
-        tagger = None
-    try:
-        return Captioner.load(path, num_threads=num_threads, tagger=tagger)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise StartupError(f"cannot load captioner {path}: {e}") from e
-
-
-def load_text_embedder(config: Config) -> Any | None:
-    """The embedder for captions, or None: search is then keyword-only. A broken set is logged as an
-    error (as `edgecap doctor` warns about it) but does not stop capturing."""
-    name = config.model.embedder
-    if name == "none":
-        return None
-    from device.embedder import load_embedder
-
-    try:
-        return load_embedder(config.models_dir, name, num_threads=config.model.num_threads)
-    except (OSError, ValueError, RuntimeError) as e:
-        log.error("cannot load embedder %r (%s): search is keyword-only and new captures get no caption "
-                  "embedding until it is fixed (reinstall the model set; `edgecap doctor` checks it)", name, e)
-        return None
-
-
-def embedding_text(cap: Any) -> str:
-    """What the text embedder sees of a caption: its text, then its object tags."""
-    words = [t.word for t in getattr(cap, "tags", [])]
-    return f"{cap.text}. {', '.join(words)}" if words else cap.text
-
-
-@dataclass
-class Pipeline:
-    """Caption, embed and store one image: the one path shared by the daemon, `ingest` and tests."""
-
-    store: Any
-    captioner: Any
-    embedder: Any | None
-    beam_width: int = 3
-    # Called with each new capture's id once it is committed (EventHub.submit: must not block).
-    on_saved: Callable[[int], None] | None = None
-    caption_seconds: Histogram = field(default_factory=Histogram)
-
-    def caption(self, image: Image.Image) -> Any:
-        t0 = time.perf_counter()
-        cap = self.captioner.caption(image, beam_width=self.beam_width)
-        self.caption_seconds.observe(time.perf_counter() - t0)
-        return cap
-
-    def embed(self, caps: list[Any]) -> list[np.ndarray | None]:
-        """Each caption's embedding, its tag words included: a query for "cat" comes near a capture
-        tagged cat even when the caption missed it."""
-        if self.embedder is None or not caps:
-            return [None] * len(caps)
-        return list(self.embedder.embed([embedding_text(c) for c in caps]))
-
-    def save(self, image: Image.Image, cap: Any, embedding: np.ndarray | None, *, source: str,
-             original_path: str | None, time: float) -> int:
-        from device.vectors import encode_for_store
-
-        cid = self.store.add(
-            image, time=time, source=source, original_path=original_path, caption=cap.text,
-            score=cap.score, model_id=self.captioner.model_id, beams=cap.beams, attention=cap.attention,
-            tags=[t.to_dict() for t in getattr(cap, "tags", [])],
-            **encode_for_store(embedding, getattr(cap, "image_vector", None),
-                               getattr(self.store, "image_projection", None)),
-        )
-        if self.on_saved is not None:
-            self.on_saved(cid)
-        return cid
-
-    def process(self, frame: Frame) -> tuple[int, Any]:
-        cap = self.caption(frame.image)
-        (vec,) = self.embed([cap])
-        cid = self.save(frame.image, cap, vec, source=frame.source, original_path=frame.original_path,
-                        time=frame.time)
-        return cid, cap
-
-
-def open_store(data_dir: Path, models_dir: Path | None = None) -> Any:
-    """The store; with `models_dir`, image vectors go through models/image-projection when present
-    (text -> image search). Every command opening the data folder passes it, so they all agree."""
-    from device.image_projection import load_image_projection
-    from device.modelset import ModelSetError
-    from device.store import Store, StoreError
-
-    try:
-        projection = load_image_projection(models_dir)
-    except (ModelSetError, OSError, ValueError) as e:
-        # Captures go on (their image vectors then only serve "more like this"), as doctor warns.
-        log.error("cannot load the image projection (%s): typed searches will not find new captures by "
-                  "their image until it is fixed (reinstall the model set; `edgecap doctor` checks it)", e)
-        projection = None
-    try:
-        return Store(data_dir, image_projection=projection)
-    except StoreError as e:
-        raise StartupError(f"{e} (set data_dir / --data-dir / EDGECAP_DATA_DIR)") from e
-    except (OSError, sqlite3.Error) as e:
-        raise StartupError(f"cannot open the store in {data_dir}: {e} (set data_dir / --data-dir)") from e
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -478,62 +251,6 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def start_web(config: Config, store: Any, captioner: Any, embedder: Any, started: float,
-              metrics: Registry | None = None, alerts: Any = None) -> Any:
-    """Serve the page in a thread; returns the server (call .stop()). Raises StartupError."""
-    from device.web import WebConfigError, create_app, effective_host, exposure_warning, make_server
-
-    web = config.web
-    if web.auth and not (web.password_hash or web.password) and not web.host:
-        # A first run with no config should still show the page, but never to the LAN without a
-        # password: serve it on this machine only until a password is set.
-        log.warning("no web password set: serving the page on 127.0.0.1 only, without a password; run "
-                    "`edgecap hash-password` and set [web] password_hash to open it to the network")
-        config = dataclasses.replace(config, web=dataclasses.replace(web, auth=False, host="127.0.0.1"))
-    host = effective_host(config.web.host or None, config.web.auth)
-    port = config.web.port
-    try:
-        app = create_app(config, store, captioner, embedder, started=started, metrics=metrics, alerts=alerts)
-        server = make_server(app, host, port)
-    except WebConfigError as e:
-        raise StartupError(str(e)) from e
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise StartupError(
-                f"port {port} on {host} is already in use (another edgecap, or another server?): stop it, "
-                f"or choose another port with --port {port + 1} or [web] port") from e
-        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-    if warning := exposure_warning(host, config.web.auth):
-        log.warning("%s", warning)
-    thread = threading.Thread(target=server.serve_forever, name="edgecap-web", daemon=True)
-    thread.start()
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # an address a browser here can open
-    log.info("web page on http://%s:%s/%s", shown, server.port,
-             " (password required)" if config.web.auth else " (no password: this machine only)")
-    return server
-
-
-def tune_malloc() -> bool:
-    """Keep a long-running process small under glibc: a fixed mmap threshold and two malloc arenas.
-
-    glibc raises its mmap threshold after the first large free (JPEG buffers, TFLite arenas), after which
-    big blocks come from the heap and are never returned; and each thread may get its own arena. On a
-    Pi with 512 MB that costs ~10 MB of RSS for nothing (measured: 134 -> 125 MB steady state, no web).
-    Same as MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2; a no-op on other C libraries.
-    """
-    import ctypes
-    import ctypes.util
-
-    if not (platform_libc := ctypes.util.find_library("c")) or "musl" in platform_libc:
-        return False
-    try:
-        libc = ctypes.CDLL(platform_libc)
-        m_mmap_threshold, m_arena_max = -3, -8  # from glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_arena_max, 2))
-    except (OSError, AttributeError):
-        return False
-
-
 def run(config: Config, web: bool = True, stop: threading.Event | None = None) -> RunStats:
     """`edgecap run`. Raises StartupError for problems the user must fix; returns after a clean stop."""
     started = time.time()
@@ -541,38 +258,33 @@ def run(config: Config, web: bool = True, stop: threading.Event | None = None) -
     stop = stop or threading.Event()
     install_signal_handlers(stop)
     notifier = Notifier()
-    store = open_store(config.data_dir, config.models_dir)
-    log.info("captures are stored in %s", config.data_dir)
-    server = None
-    events = None
-    try:
-        store.reconcile()
-        captioner = load_captioner(config.models_dir, config.model.captioner, config.model.num_threads)
-        embedder = load_text_embedder(config)
-        log.info("models: %s, embedder %s, %d thread(s)", captioner.model_id,
-                 getattr(embedder, "model_id", "none"), config.model.num_threads)
-        registry = Registry()
+    with open_device(config, reconcile=True) as device:
+        log.info("captures are stored in %s", config.data_dir)
+        log.info("models: %s, embedder %s, %d thread(s)", device.captioner.model_id,
+                 getattr(device.embedder, "model_id", "none"), config.model.num_threads)
+        server = None
+        events = None
         try:
-            events = start_events(config, store, embedder, registry)
-        except EventsError as e:
-            raise StartupError(str(e)) from e
-        if web and config.web.enabled:
-            server = start_web(config, store, captioner, embedder, started, registry,
-                               events and events.alerts)
-        pipeline = Pipeline(store, captioner, embedder, config.model.beam_width,
-                            on_saved=events.hub.submit if events else None)
-        daemon = Daemon(config, pipeline, stop, notifier, keep_alive=lambda: server is not None)
-        registry.register(daemon.samples)
-        stats = daemon.run()
-        log.info("stopped: %d stored, %d unchanged skipped, %d errors, %d deleted by retention",
-                 stats.stored, stats.skipped_same, stats.errors, stats.deleted)
-        return stats
-    finally:
-        notifier.stopping()
-        if events is not None:
-            events.stop()  # before the store closes: the last captures are still published
-        if server is not None:
-            server.stop()
-        close = getattr(store, "close", None)
-        if close is not None:
-            close()
+            registry = Registry()
+            try:
+                events = start_events(config, device.store, device.embedder, registry)
+            except EventsError as e:
+                raise StartupError(str(e)) from e
+            if web and config.web.enabled:
+                from device.web.serve import start_web  # here: Flask stays out of `run --no-web`
+
+                server = start_web(config, device, started, registry, events and events.alerts)
+            pipeline = device.pipeline
+            pipeline.on_saved = events.hub.submit if events else None
+            daemon = Daemon(config, pipeline, stop, notifier, keep_alive=lambda: server is not None)
+            registry.register(daemon.samples)
+            stats = daemon.run()
+            log.info("stopped: %d stored, %d unchanged skipped, %d errors, %d deleted by retention",
+                     stats.stored, stats.skipped_same, stats.errors, stats.deleted)
+            return stats
+        finally:
+            notifier.stopping()
+            if events is not None:
+                events.stop()  # before the store closes: the last captures are still published
+            if server is not None:
+                server.stop()

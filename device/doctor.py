@@ -158,7 +158,7 @@ def check_store(r: Report, config: Config) -> None:
     import os
 
     from device.repair import database_problem
-    from device.store import not_writable
+    from device.files import not_writable
 
     db = config.data_dir / "edgecap.db"
     if not db.exists():

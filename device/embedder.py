@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -35,13 +35,6 @@ OUTPUT_NAME = "embedding"
 
 class EmbedderError(RuntimeError):
     """A model set that exists but cannot be used (bad manifest, garbled file, wrong tensors)."""
-
-
-class TextEmbedder(Protocol):
-    dim: int
-    model_id: str
-
-    def embed(self, texts: list[str]) -> np.ndarray: ...
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -74,7 +67,9 @@ class Embedder:
         try:
             self._interpreter = make_interpreter(model_path, num_threads)
             self._runner = self._interpreter.get_signature_runner(SIGNATURE)
-        except Exception as exc:
+        except (ValueError, RuntimeError, OSError) as exc:
+            # TFLite: ValueError for a file that is not a model or lacks the signature, RuntimeError
+            # when tensors cannot be allocated (and RuntimeMissingError without a runtime)
             raise EmbedderError(f"cannot load the embedding model {model_path}: {exc}") from exc
         inputs = set(self._runner.get_input_details())
         outputs = set(self._runner.get_output_details())
@@ -115,7 +110,7 @@ class SentenceTransformerEmbedder:
         source = model or _bundled_reference() or REFERENCE_MODEL
         try:
             self._model = SentenceTransformer(source, device="cpu")
-        except Exception as exc:
+        except Exception as exc:  # the library (and huggingface_hub, torch) raise many types; all mean this
             raise EmbedderError(f"sentence-transformers cannot load {source}: {exc}") from exc
         # Renamed in sentence-transformers 6; the old name still serves older installs.
         get_dim = (getattr(self._model, "get_embedding_dimension", None)

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from device.daemon import Pipeline
+from device.pipeline import Pipeline
 from device.preprocess import BadImageError, load_image
 from device.sources.samples import IMAGE_SUFFIXES
 

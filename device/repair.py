@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from device.files import DB_NAME, THUMBS, not_writable
+from device.pipeline import Device
 from device.store import Store, index_tags
 from device.store_captures import json_list
 
@@ -197,10 +198,11 @@ def recaption(store: Store, pipeline: Any, paths: list[Path], result: RepairResu
             progress(n, path)
 
 
-def repair(data_dir: Path, open_store: Callable[[], Store], make_pipeline: Callable[[Store], Any],
-           from_db: Path | None = None, progress: Callable[[str], None] = log.info) -> RepairResult:
-    """Repair the store in `data_dir` (see the module's doc). `open_store` / `make_pipeline` load the
-    store and the models the way every command does. Raises RepairError."""
+def repair(data_dir: Path, open_device: Callable[[], Device], from_db: Path | None = None,
+           progress: Callable[[str], None] = log.info) -> RepairResult:
+    """Repair the store in `data_dir` (see the module's doc). `open_device` opens the store the way every
+    command does (device.pipeline.open_device, without models: they load only when there are images to
+    caption again). Raises RepairError."""
     data_dir = Path(data_dir)
     db = data_dir / DB_NAME
     result = RepairResult()
@@ -212,7 +214,8 @@ def repair(data_dir: Path, open_store: Callable[[], Store], make_pipeline: Calla
     if problem is not None:
         result.moved_aside = move_aside(db)
         progress(f"the database was damaged ({problem}); moved it to {result.moved_aside.name}")
-    store = open_store()
+    device = open_device()
+    store = device.store
     try:
         source = from_db or result.moved_aside
         if source is not None:
@@ -223,11 +226,11 @@ def repair(data_dir: Path, open_store: Callable[[], Store], make_pipeline: Calla
         orphans = unreferenced_images(store)
         if orphans:
             progress(f"captioning {len(orphans)} images that have no row (source \"{REPAIRED_SOURCE}\")")
-            pipeline = make_pipeline(store)
+            pipeline = device.load_models().pipeline
             t0 = time.monotonic()
             recaption(store, pipeline, orphans, result)
             progress(f"captioned {result.recaptioned} in {time.monotonic() - t0:.0f} s")
     finally:
-        store.close()
+        device.close()
     return result
 

@@ -16,7 +16,18 @@ from device.events import CaptureEvent, EventHub, capture_payload
 from device.metrics import Histogram, Sample, counter, render
 from device.search import search
 from device.web import create_app
-from tests.webfixtures import DAY, PASSWORD, T0, Client, add_sample, basic, fill_store, running, wait_until
+from tests.webfixtures import (
+    DAY,
+    PASSWORD,
+    T0,
+    Client,
+    add_sample,
+    basic,
+    fill_store,
+    running,
+    wait_until,
+    web_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -245,10 +256,8 @@ def test_alert_to_webhook_through_the_event_queue(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- page, metrics
 
 def test_alerts_page_and_metrics_without_a_daemon(tmp_path: Path) -> None:
-    from device.web.settings import WebSettings
-
     store = fill_store(tmp_path / "data")
-    app = create_app(WebSettings(password=PASSWORD, data_dir=tmp_path / "data"), store)
+    app = create_app(web_config(tmp_path / "data", password=PASSWORD), store)
     with running(app) as base:
         c = Client(base, basic())
         page = c.get("/alerts")
@@ -312,15 +321,13 @@ def test_alerts_page_in_a_real_browser(tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
         pytest.skip("apt-get install chromium")
-    from device.web.settings import WebSettings
-
     store = fill_store(tmp_path / "data")
     alerts = Alerts([AlertRule(name="cats", phrase="cat", quiet=0),
                      AlertRule(name="door", query="a person at the door", min_score=0.5,
                                webhook="http://ha.lan:8123/api/webhook/secret-id")], store, None, [])
     for cid in range(1, 8):
         alerts.check(event_for(store, cid))
-    app = create_app(WebSettings(password=PASSWORD, data_dir=tmp_path / "data"), store, alerts=alerts)
+    app = create_app(web_config(tmp_path / "data", password=PASSWORD), store, alerts=alerts)
     problems: list[str] = []
     with running(app) as url, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
@@ -349,7 +356,8 @@ def test_alerts_page_in_a_real_browser(tmp_path: Path) -> None:
 
 def test_mqtt_start_up_problems_are_one_clear_message(tmp_path: Path) -> None:
     from device.config import load_config
-    from device.events import EventsError, start_events
+    from device.event_outputs import start_events
+    from device.events import EventsError
     from device.metrics import Registry
 
     cfg = load_config(env={}, overrides={"data_dir": str(tmp_path / "data"), "mqtt": {

@@ -19,10 +19,11 @@ from webfixtures import (
     load_real_captioner,
     pixel_vector,
     running,
+    web_config,
 )
 
 from device.image_projection import load_image_projection
-from device.web import WebSettings, create_app, hash_password
+from device.web import create_app, hash_password
 
 sync_api = playwright_api()
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -37,7 +38,7 @@ def site(tmp_path_factory):
     # with the real captioner, image vectors go through models/image-projection as on a device
     projection = None if captioner is None else load_image_projection(MODELS_DIR)
     store = fill_store(tmp_path_factory.mktemp("store"), image_vector=vector, image_projection=projection)
-    app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store,
+    app = create_app(web_config(store.data_dir, password_hash=hash_password(PASSWORD)), store,
                      captioner or PixelCaptioner(), None)
     with running(app) as url:
         yield url, store, vector

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from browserfixtures import ARTIFACTS, images_loaded, login, playwright_api
-from webfixtures import CAPTURES, PASSWORD, PixelCaptioner, add_sample, fill_store, running
+from webfixtures import CAPTURES, PASSWORD, PixelCaptioner, add_sample, fill_store, running, web_config
 
-from device.web import WebSettings, create_app, hash_password
+from device.web import create_app, hash_password
 
 sync_api = playwright_api()
 expect = sync_api.expect
@@ -26,7 +26,8 @@ HOUR = 3600.0
 def site(tmp_path):
     """A fresh store per test (these tests delete captures): the samples one day apart (ids 1..7)."""
     store = fill_store(tmp_path / "store")
-    app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, PixelCaptioner(), None)
+    app = create_app(web_config(store.data_dir, password_hash=hash_password(PASSWORD)), store, PixelCaptioner(),
+                     None)
     with running(app) as url:
         yield url, store
     store.close()
@@ -129,7 +130,8 @@ def test_timeline_of_a_day(tmp_path, page):
     at = {h_m: (day.replace(hour=h_m[0], minute=h_m[1])).timestamp() for h_m in ((9, 10), (9, 40), (14, 5))}
     ids = {h_m: add_sample(store, i, time=t) for i, (h_m, t) in enumerate(at.items())}
     before = add_sample(store, 4, time=datetime(2024, 5, 1, 20, 0).timestamp())
-    app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, PixelCaptioner(), None)
+    app = create_app(web_config(store.data_dir, password_hash=hash_password(PASSWORD)), store, PixelCaptioner(),
+                     None)
     with running(app) as url:
         login(page, url)
         expect(_cards(page)).to_have_count(4)

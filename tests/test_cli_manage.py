@@ -60,9 +60,11 @@ def test_progress_lines_every_interval_when_not_a_terminal() -> None:
 
 @needs_models
 def test_search_json_is_the_apis(ingested: Path) -> None:
-    from device.daemon import open_store
+    from webfixtures import web_config
+
     from device.embedder import load_embedder
-    from device.web import WebSettings, create_app
+    from device.pipeline import open_store
+    from device.web import create_app
 
     r = edgecap(ingested, "search", "--json", "dog")
     assert r.returncode == 0, r.stderr
@@ -71,7 +73,7 @@ def test_search_json_is_the_apis(ingested: Path) -> None:
     store = open_store(ingested / "data", MODELS)
     try:
         embedder = load_embedder(MODELS, "minilm-int8", num_threads=1)
-        client = create_app(WebSettings(auth=False), store, None, embedder).test_client()
+        client = create_app(web_config(ingested / "data", auth=False), store, None, embedder).test_client()
         api = {c["id"]: c for c in client.get("/api/search?q=dog").get_json()["items"]}
     finally:
         store.close()

@@ -17,8 +17,12 @@ import pytest
 from PIL import Image
 
 from device import daemon as daemon_mod
+from device import gate as gate_mod
 from device.config import load_config
-from device.daemon import Backoff, ChangeGate, Daemon, Notifier, Pipeline, sd_notify
+from device.daemon import Daemon
+from device.gate import Backoff, ChangeGate
+from device.notify import Notifier, sd_notify
+from device.pipeline import Pipeline
 from device.sources.samples import SAMPLES_DIR, sample_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +102,7 @@ def test_backoff_doubles_to_a_cap_and_resets() -> None:
 
 @pytest.fixture(scope="module")
 def models():
-    from device.daemon import load_captioner, load_text_embedder
+    from device.pipeline import load_captioner, load_text_embedder
 
     cfg = load_config(env={}, overrides={"models_dir": str(MODELS), "model": {"num_threads": 1}})
     return load_captioner(cfg.models_dir, cfg.model.captioner, 1), load_text_embedder(cfg)
@@ -208,7 +212,7 @@ def test_store_full_makes_room_and_goes_on(tmp_path: Path, models, monkeypatch) 
 
     monkeypatch.setattr(d.store, "add", add)
     monkeypatch.setattr(d.store, "enforce_retention", retention)
-    monkeypatch.setattr(daemon_mod, "BACKOFF_MIN_S", 0.01)
+    monkeypatch.setattr(gate_mod, "BACKOFF_MIN_S", 0.01)
     d._store_backoff = Backoff(0.01, 0.02)
     stats = d.run()
     # frame 2: attempt 2 failed, forced retention, attempt 3 failed -> kept for later (one error);

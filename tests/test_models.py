@@ -134,3 +134,39 @@ def test_a_corrupted_model_file_is_refused(tmp_path):
     (copy / "step.tflite").write_bytes(bytes(data))
     with pytest.raises(ModelSetError, match="sha256 does not match"):
         Captioner.load(copy)
+
+
+def test_a_manifest_without_a_captioner_field_names_it(tmp_path):
+    import json
+    import shutil
+    copy = tmp_path / "captioner-int8"
+    shutil.copytree(MODELS / "captioner-int8", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["max_len"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelSetError, match="manifest.json has no 'max_len' field"):
+        Captioner.load(copy)
+
+
+def test_a_broken_runtime_is_named_not_called_missing(monkeypatch, caplog):
+    import importlib
+
+    from device import runtime
+
+    real = importlib.import_module
+
+    def broken(name, *a, **k):  # installed, but its shared library does not load; the others absent
+        if name == "ai_edge_litert.interpreter":
+            raise ImportError("libfoo.so: cannot open shared object file")
+        if name.startswith(("tflite_runtime", "tensorflow")):
+            raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}", name=name.split(".")[0])
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(runtime.importlib, "import_module", broken)
+    monkeypatch.setattr(runtime, "_warned", set())
+    with pytest.raises(runtime.RuntimeMissingError, match="no usable TFLite runtime .*libfoo.so"):
+        runtime.runtime_module()
+    with pytest.raises(runtime.RuntimeMissingError):
+        runtime.runtime_module()
+    warnings = [r for r in caplog.records if r.name == "device.runtime"]
+    assert len(warnings) == 1 and "ai-edge-litert is installed but cannot be imported" in warnings[0].getMessage()

@@ -269,11 +269,12 @@ def test_http_api_with_projected_image_vectors(tmp_path: Path) -> None:
         load_real_captioner,
         multipart,
         running,
+        web_config,
     )
 
-    from device.daemon import Pipeline, open_store
     from device.embedder import load_embedder
-    from device.web import WebSettings, create_app, hash_password
+    from device.pipeline import Pipeline, open_store
+    from device.web import create_app, hash_password
 
     cap = load_real_captioner()
     emb = load_embedder(ROOT / "models", "minilm-int8", num_threads=1)
@@ -287,7 +288,7 @@ def test_http_api_with_projected_image_vectors(tmp_path: Path) -> None:
             c = pipe.caption(img)
             ids.append(pipe.save(img, c, pipe.embed([c])[0], source="samples", original_path=name, time=T0 + i))
         assert {len(r[0]) for r in store.connection().execute("SELECT vector FROM image_vectors")} == {384}
-        app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, cap, emb)
+        app = create_app(web_config(tmp_path / "data", password_hash=hash_password(PASSWORD)), store, cap, emb)
         with running(app) as url:
             c = Client(url, basic())
             # Flickr8k-trained captions of these photos are poor ("a group of people stand in front of

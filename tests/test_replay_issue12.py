@@ -11,11 +11,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from webfixtures import CAPTURES, PASSWORD, add_sample, held_bytes, running
+from webfixtures import CAPTURES, PASSWORD, add_sample, held_bytes, running, web_config
 
 from device import store as store_mod
 from device.store import Store
-from device.web import WebSettings, create_app, hash_password
+from device.web import create_app, hash_password
 from tests.test_cli import edgecap
 
 UPLOAD_LIMIT = 1_000_000  # small, so the test is fast; the issue used 10 MB
@@ -80,8 +80,8 @@ def test_hostile_uploads_and_a_lost_database_lose_no_capture(tmp_path: Path, mon
     assert store.enforce_retention(None, MIN_FREE) == 0
 
     # Item 1: slow unauthenticated uploads while retention keeps the floor.
-    app = create_app(WebSettings(password_hash=hash_password(PASSWORD), secret_key="k" * 64,
-                                 max_upload_bytes=UPLOAD_LIMIT), store)
+    app = create_app(web_config(data, password_hash=hash_password(PASSWORD), secret_key="k" * 64,
+                                max_upload_bytes=UPLOAD_LIMIT), store)
     with running(app) as url:
         port = urlsplit(url).port
         posts = [slow_post(port, path) for path in ("/api/caption", "/api/search/photo", "/upload", "/")

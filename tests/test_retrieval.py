@@ -116,8 +116,8 @@ def test_benchmark_end_to_end_through_edgecap_ingest(tmp_path: Path, capsys) -> 
             assert 0 <= r[kind]["r1"] <= r[kind]["r5"] <= r[kind]["r10"] <= 100
     # the report's numbers are what search() gives for those queries on that store
     from converters.data import load_dataset
-    from device.daemon import open_store
     from device.embedder import load_embedder
+    from device.pipeline import open_store
     from device.search import SHIPPED, search
 
     dataset = load_dataset(data)

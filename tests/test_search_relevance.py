@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from device.daemon import Pipeline, load_captioner, open_store
 from device.embedder import load_embedder
+from device.pipeline import Pipeline, load_captioner, open_store
 from device.search import search
 from device.sources import Frame
 from device.vectors import encode_for_store

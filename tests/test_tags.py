@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from device.captioner import Captioner
-from device.daemon import Pipeline
 from device.embedder import load_embedder
 from device.image_projection import load_image_projection
 from device.modelset import ModelSetError
+from device.pipeline import Pipeline
 from device.preprocess import load_image, to_model_input
 from device.search import search
 from device.store import Store

@@ -20,12 +20,16 @@ SERVER = """
 import sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+import os
 from webfixtures import PixelCaptioner
+from device.config import load_config
 from device.store import Store
-from device.web import WebSettings, create_app, make_server
-from device.daemon import tune_malloc
+from device.web import create_app, make_server
+from device.runtime import tune_malloc
 tune_malloc()  # as `edgecap run` and `edgecap serve` do
-app = create_app(WebSettings(secret_key="k" * 64), Store(Path(sys.argv[2])), PixelCaptioner())
+config = load_config(env={"EDGECAP_PASSWORD": os.environ["EDGECAP_PASSWORD"]},
+                     overrides={"data_dir": sys.argv[2], "web": {"secret_key": "k" * 64}})
+app = create_app(config, Store(Path(sys.argv[2])), PixelCaptioner())
 server = make_server(app, "127.0.0.1", 0, threads=8)
 print(server.port, flush=True)
 server.serve_forever()

@@ -23,10 +23,11 @@ from webfixtures import (
     fill_store,
     multipart,
     running,
+    web_config,
 )
 
 from device.store import Store
-from device.web import WebConfigError, WebSettings, create_app, effective_host, hash_password
+from device.web import WebConfigError, create_app, effective_host, hash_password
 from device.web.auth import PasswordChecker
 
 PW_HASH = hash_password(PASSWORD)  # scrypt: hash once per test module
@@ -41,7 +42,8 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base(store):
-    app = create_app(WebSettings(password_hash=PW_HASH, secret_key="k" * 64), store, None, None)
+    app = create_app(web_config(store.data_dir, password_hash=PW_HASH, secret_key="k" * 64), store,
+                     None, None)
     with running(app) as url:
         yield url
 
@@ -136,8 +138,12 @@ def test_cross_site_posts_are_refused_even_with_credentials(base, api):
 
 
 def test_environment_password_wins(monkeypatch, store):
+    from device.config import load_config
+
     monkeypatch.setenv("EDGECAP_PASSWORD", "from-the-env")
-    app = create_app(WebSettings(password_hash=PW_HASH), store)
+    monkeypatch.delenv("EDGECAP_CONFIG", raising=False)
+    config = load_config(overrides={"data_dir": str(store.data_dir), "web": {"password_hash": PW_HASH}})
+    app = create_app(config, store)
     c = app.test_client()
     assert c.get("/api/stats", headers=basic("from-the-env")).status_code == 200
     assert c.get("/api/stats", headers=basic(PASSWORD)).status_code == 401
@@ -146,12 +152,12 @@ def test_environment_password_wins(monkeypatch, store):
 def test_no_password_refuses_to_start(monkeypatch, store):
     monkeypatch.delenv("EDGECAP_PASSWORD", raising=False)
     with pytest.raises(WebConfigError, match="hash-password"):
-        create_app(WebSettings(password_hash=None), store)
+        create_app(web_config(store.data_dir, password_hash=None), store)
 
 
 def test_no_auth_mode_and_its_default_host(monkeypatch, store):
     monkeypatch.delenv("EDGECAP_PASSWORD", raising=False)
-    app = create_app(WebSettings(auth=False), store)
+    app = create_app(web_config(store.data_dir, auth=False), store)
     assert app.test_client().get("/api/captures").status_code == 200
     assert effective_host(None, auth=False) == "127.0.0.1"
     assert effective_host("0.0.0.0", auth=False) == "0.0.0.0"  # the user insisted
@@ -179,8 +185,17 @@ def test_password_checker_caches_only_successes():
     assert not PasswordChecker("not-a-werkzeug-hash").verify("x")
 
 
+@pytest.mark.parametrize("bad", ["not-a-werkzeug-hash", "md5$salt$0123", "pbkdf2:sha256:many$salt$0123"])
+def test_a_malformed_hash_is_logged_once_without_the_hash(caplog, bad):
+    checker = PasswordChecker(bad)
+    assert not checker.verify("first try") and not checker.verify("second try")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "password_hash is not a password hash" in errors[0]
+    assert bad not in caplog.text and "try" not in caplog.text
+
+
 def test_failed_logins_are_rate_limited(store):
-    app = create_app(WebSettings(password_hash=PW_HASH, max_login_failures=3), store)
+    app = create_app(web_config(store.data_dir, password_hash=PW_HASH), store, max_login_failures=3)
     c = app.test_client()
     assert [c.get("/api/stats", headers=basic("bad")).status_code for _ in range(3)] == [401] * 3
     assert c.get("/api/stats", headers=basic("bad")).status_code == 429
@@ -198,7 +213,7 @@ def test_security_headers(api):
 
 def test_secrets_never_reach_the_log(store, caplog):
     caplog.set_level("DEBUG")
-    app = create_app(WebSettings(password_hash=PW_HASH), store)
+    app = create_app(web_config(store.data_dir, password_hash=PW_HASH), store)
     c = app.test_client()
     c.get("/api/stats", headers=basic("hunter2-wrong"))
     c.get("/api/stats", headers=basic())
@@ -307,7 +322,7 @@ def test_hybrid_search_with_the_real_embedder(tmp_path):
         pytest.skip("models/minilm-int8 is not present")
     store = fill_store(tmp_path, embedder=emb)
     try:
-        c = create_app(WebSettings(password_hash=PW_HASH), store, None, emb).test_client()
+        c = create_app(web_config(store.data_dir, password_hash=PW_HASH), store, None, emb).test_client()
         for query, expected in (("espresso", "coffee"), ("spaceship", "rocket"), ("kitten", "cat")):
             res = c.get(f"/api/search?q={query}&k=3", headers=basic()).get_json()
             assert res["mode"] == "hybrid" and res["notice"] is None
@@ -371,7 +386,7 @@ def test_more_like_this(api):
 
 
 def test_search_by_photo_and_caption_upload(store):
-    app = create_app(WebSettings(password_hash=PW_HASH), store, PixelCaptioner(), None)
+    app = create_app(web_config(store.data_dir, password_hash=PW_HASH), store, PixelCaptioner(), None)
     with running(app) as url:
         c = Client(url, basic())
         body, headers = multipart({"k": "3"}, {"image": ("fox.jpg", jpeg_bytes("fox_in_snow.jpg"), "image/jpeg")})
@@ -406,7 +421,7 @@ def test_caption_upload_with_the_real_captioner(tmp_path):
         pytest.skip("models/captioner-int8 is not present")
     store = Store(tmp_path)
     try:
-        c = create_app(WebSettings(password_hash=PW_HASH), store, cap, None).test_client()
+        c = create_app(web_config(store.data_dir, password_hash=PW_HASH), store, cap, None).test_client()
         r = c.post("/api/caption", headers=basic(),
                    data={"image": (io.BytesIO(jpeg_bytes("dog_and_cats.jpg")), "d.jpg"), "keep": "1"})
         assert r.status_code == 200, r.get_data(as_text=True)
@@ -458,7 +473,7 @@ def test_bad_uploads_get_a_clear_4xx(api, files, fields, status, message):
 
 
 def test_oversized_upload_is_refused(store):
-    app = create_app(WebSettings(password_hash=PW_HASH, max_upload_bytes=50_000), store)
+    app = create_app(web_config(store.data_dir, password_hash=PW_HASH, max_upload_bytes=50_000), store)
     with running(app) as url:
         c = Client(url, basic())
         body, headers = multipart(files={"image": ("big.jpg", jpeg_bytes("rocket_launch.jpg"), "image/jpeg")})
@@ -578,8 +593,8 @@ def test_1000_bad_requests_no_5xx_no_tracebacks(store):
             return Caption("something", -1.0, ["something"], np.full((1, 7, 7), 1 / 49, np.float32),
                            [{"text": "something", "score": -1.0}])
 
-    app = create_app(WebSettings(password_hash=PW_HASH, max_upload_bytes=200_000, max_login_failures=10**6),
-                     store, OneWordCaptioner(), None)
+    app = create_app(web_config(store.data_dir, password_hash=PW_HASH, max_upload_bytes=200_000),
+                     store, OneWordCaptioner(), None, max_login_failures=10**6)
     rng = random.Random(20240501)
     requests = _fuzz_requests(rng, 1000)
     statuses: dict[int, int] = {}

@@ -10,10 +10,20 @@ import time
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from webfixtures import PASSWORD, Client, basic, fill_store, held_bytes, multipart, running, wait_until
+from webfixtures import (
+    PASSWORD,
+    Client,
+    basic,
+    fill_store,
+    held_bytes,
+    multipart,
+    running,
+    wait_until,
+    web_config,
+)
 
 from device.config import load_config
-from device.web import WebSettings, create_app, exposure_warning, hash_password, make_server
+from device.web import create_app, exposure_warning, hash_password, make_server
 from device.web.server import Limits
 
 PW_HASH = hash_password(PASSWORD)
@@ -26,10 +36,11 @@ def store(tmp_path_factory):
     s.close()
 
 
-def app_for(store, **kw):
-    kw.setdefault("password_hash", PW_HASH)
-    kw.setdefault("secret_key", "k" * 64)
-    return create_app(WebSettings(**kw), store)
+def app_for(store, data_dir=None, max_login_failures: int = 20, concurrent_uploads: int = 4, **web):
+    web.setdefault("password_hash", PW_HASH)
+    web.setdefault("secret_key", "k" * 64)
+    return create_app(web_config(data_dir or store.data_dir, **web), store,
+                      max_login_failures=max_login_failures, concurrent_uploads=concurrent_uploads)
 
 
 def raw(url: str, head: str, body: bytes = b"", timeout: float = 5.0, end: bool = True) -> socket.socket:
@@ -213,7 +224,8 @@ def lands_on(base: str, location: str) -> str:
 
 @pytest.mark.parametrize("auth", [True, False])
 def test_login_next_never_leaves_the_site(store, auth):
-    app = app_for(store) if auth else create_app(WebSettings(auth=False, secret_key="k" * 64), store)
+    app = app_for(store) if auth else create_app(web_config(store.data_dir, auth=False, secret_key="k" * 64),
+                                                 store)
     with running(app) as url:
         here = urlsplit(url).netloc
         for evil in EVIL_NEXT:
@@ -233,7 +245,7 @@ def test_login_next_never_leaves_the_site(store, auth):
 # --- item 6: no-password mode answers only to localhost names ---------------------------------------------
 
 def test_no_password_mode_refuses_other_host_names(store):
-    app = create_app(WebSettings(auth=False, secret_key="k" * 64), store)
+    app = create_app(web_config(store.data_dir, auth=False, secret_key="k" * 64), store)
     with running(app) as url:
         port = urlsplit(url).port
         c = Client(url)

@@ -9,15 +9,16 @@ import zipfile
 from datetime import datetime
 
 import pytest
-from webfixtures import CAPTURES, PASSWORD, Client, add_sample, basic, fill_store, running
+from webfixtures import CAPTURES, PASSWORD, Client, add_sample, basic, fill_store, running, web_config
 
-from device.web import WebConfigError, WebSettings, create_app, hash_password
+from device.config import load_config
+from device.web import WebConfigError, create_app, hash_password
 
 
 @pytest.fixture()
 def site(tmp_path):
     store = fill_store(tmp_path / "store")  # ids 1..7, one day apart
-    app = create_app(WebSettings(password_hash=hash_password(PASSWORD)), store, None, None)
+    app = create_app(web_config(store.data_dir, password_hash=hash_password(PASSWORD)), store, None, None)
     with running(app) as url:
         yield Client(url, basic()), store
     store.close()
@@ -144,5 +145,7 @@ def test_short_passwords_are_refused(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="at least 8 characters"):
         hash_password("a")
     monkeypatch.setenv("EDGECAP_PASSWORD", "short")
+    monkeypatch.delenv("EDGECAP_CONFIG", raising=False)
+    config = load_config(overrides={"data_dir": str(tmp_path / "s")})
     with pytest.raises(WebConfigError, match="EDGECAP_PASSWORD is too short"):
-        create_app(WebSettings(), fill_store(tmp_path / "s"), None, None)
+        create_app(config, fill_store(tmp_path / "s"), None, None)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from device.config import Config, WebConfig
 from device.store import Store
 from device.vectors import encode_for_store
 from device.web import make_server
@@ -111,6 +112,15 @@ def load_real_captioner() -> Any:
 def captioner_vector(captioner: Any):
     """image -> the captioner's image vector (what /api/search/photo compares against)."""
     return lambda img: captioner.caption(img, beam_width=1).image_vector
+
+
+def web_config(data_dir: Path, **web: Any) -> Config:
+    """The Config create_app reads: these [web] keys over the defaults (max_upload_bytes: the upload
+    limit in bytes; password: what load_config reads from EDGECAP_PASSWORD), and data_dir, where the
+    app keeps its session key and logged-out sessions."""
+    if "max_upload_bytes" in web:
+        web["max_upload_mb"] = web.pop("max_upload_bytes") / (1024 * 1024)
+    return Config(data_dir=Path(data_dir), web=WebConfig(**web))
 
 
 @contextlib.contextmanager

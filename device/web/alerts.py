@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, render_template
 
-from .app import state
+from .state import state
 
 bp = Blueprint("alerts", __name__)
 

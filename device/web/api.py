@@ -13,7 +13,8 @@ from device import records
 from device.store import StoreFullError
 
 from . import params
-from .app import state
+from .errors import error_response
+from .state import state
 from .uploads import decode_upload
 
 log = logging.getLogger(__name__)
@@ -135,16 +136,16 @@ def _caption_upload():
     uploads decoded at once took over a GB."""
     st = state()
     upload = request.files.get("image")
-    if upload is None or st.captioner is None:  # a client's mistake first, then the device's state
-        decode_upload(upload, st.settings.max_upload_bytes)
-        return None, (jsonify({"error": "no captioner is loaded on this device", "status": 503}), 503)
+    if upload is None or st.pipeline is None:  # a client's mistake first, then the device's state
+        decode_upload(upload, st.max_upload_bytes)
+        return None, error_response(503, "no captioner is loaded on this device")
     t0 = time.perf_counter()
     # One at a time; a queue longer than this means the device is overloaded.
     if not st.caption_lock.acquire(timeout=CAPTION_WAIT_S):
-        return None, (jsonify({"error": "the captioner is busy; try again shortly", "status": 503}), 503)
+        return None, error_response(503, "the captioner is busy; try again shortly")
     try:
-        img = decode_upload(upload, st.settings.max_upload_bytes)
-        cap = st.captioner.caption(img, beam_width=st.settings.beam_width)
+        img = decode_upload(upload, st.max_upload_bytes)
+        cap = st.pipeline.caption(img)
     finally:
         st.caption_lock.release()
     return (img, cap, (time.perf_counter() - t0) * 1000), None
@@ -184,17 +185,13 @@ def api_caption():
     out = records.caption_json(cap, model_id)
     out["took_ms"] = round(took, 1)
     if _truthy(request.form.get("keep")):
-        from device.daemon import Pipeline  # the one place that maps a caption onto a stored row
-        pipeline = Pipeline(st.store, st.captioner, st.embedder)
+        # Stored like a camera frame; a failing text embedder leaves it without an embedding (the
+        # pipeline's one policy), so the photo is kept and keyword search finds it.
+        (embedding,) = st.pipeline.embed([cap])
         try:
-            (embedding,) = pipeline.embed([cap])
-        except Exception:  # still keep the photo: keyword search finds it, re-embedding can follow
-            log.warning("upload: the text embedder failed; stored without an embedding", exc_info=True)
-            embedding = None
-        try:
-            cid = pipeline.save(img, cap, embedding, source="upload", original_path=None, time=time.time())
+            cid = st.pipeline.save(img, cap, embedding, source="upload", original_path=None, time=time.time())
         except StoreFullError:
-            return jsonify({"error": "the device's disk is full; the photo was not kept", "status": 507}), 507
+            return error_response(507, "the device's disk is full; the photo was not kept")
         out["capture"] = params.capture_json(st.store.get(cid) or {"id": cid})
     return jsonify(out)
 
@@ -204,7 +201,7 @@ def api_stats():
     """GET /api/stats : counts, disk, models, uptime."""
     st = state()
     stats = dict(st.store.stats() or {})
-    data_dir = getattr(st.store, "data_dir", None) or getattr(st.settings, "data_dir", None)
+    data_dir = getattr(st.store, "data_dir", None) or st.config.data_dir
     if data_dir and "disk" not in stats:
         try:
             du = shutil.disk_usage(data_dir)

@@ -22,7 +22,6 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 log = logging.getLogger(__name__)
 
-ENV_PASSWORD = "EDGECAP_PASSWORD"
 MIN_PASSWORD_CHARS = 8  # the page shows every capture to whoever has it; install.sh generates 16
 
 
@@ -41,7 +40,8 @@ def hash_password(password: str) -> str:
 
 
 class PasswordChecker:
-    """Checks a presented password against a hash or the EDGECAP_PASSWORD environment variable."""
+    """Checks a presented password against the configured hash, or the plain password from
+    EDGECAP_PASSWORD (`config.web.password`), which wins when both are set."""
 
     def __init__(self, password_hash: str | None, env_password: str | None = None, cache_size: int = 64):
         self._hash = password_hash
@@ -51,10 +51,9 @@ class PasswordChecker:
         self._ok: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, password_hash: str | None) -> PasswordChecker:
-        return cls(password_hash, os.environ.get(ENV_PASSWORD) or None)
+        self._bad_hash_logged = False
+        if password_hash and password_hash.count("$") < 2:  # werkzeug answers False, silently, forever
+            self._bad_hash("not method$salt$hash")
 
     @property
     def configured(self) -> bool:
@@ -65,6 +64,13 @@ class PasswordChecker:
         """Changes when the password changes: stored in sessions so a new password logs everyone out."""
         material = self._env_digest or (self._hash or "").encode()
         return hashlib.sha256(b"edgecap-session:" + material).hexdigest()[:16]
+
+    def _bad_hash(self, why: str) -> None:
+        """A malformed hash in the config: nobody gets in, and the log says why (once; never the hash)."""
+        if not self._bad_hash_logged:
+            self._bad_hash_logged = True
+            log.error("[web] password_hash is not a password hash (%s): every login fails; run "
+                      "`edgecap hash-password` and put its output in the config", why)
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
@@ -92,7 +98,8 @@ class PasswordChecker:
         d = self._digest(password)
         try:
             ok = check_password_hash(self._hash, password)
-        except (ValueError, TypeError):  # a malformed hash in the config: nobody gets in
+        except (ValueError, TypeError) as e:  # an unknown method or bad parameters in the hash
+            self._bad_hash(type(e).__name__)
             return False
         if ok:
             with self._lock:

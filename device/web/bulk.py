@@ -9,7 +9,7 @@ from flask import Blueprint, Response, abort, jsonify, request, stream_with_cont
 from device import export
 
 from . import params
-from .app import state
+from .state import state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("bulk", __name__, url_prefix="/api")

@@ -9,7 +9,7 @@ from flask import Blueprint, Response
 
 from device.metrics import Sample, gauge, render
 
-from .app import state
+from .state import state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)

@@ -4,7 +4,7 @@ Stock waitress reads a whole request body, spooling anything over 512 KB to a te
 the app sees the request and can ask for a password; it serves up to `connection_limit` sockets and
 then stops accepting, whoever holds them. Here:
 
-- A request with a body is judged as soon as its headers are in (`admit_body` in app.py): a wrong
+- A request with a body is judged as soon as its headers are in (`body_gate` in login.py): a wrong
   Host, no credentials or a blocked address is answered and the connection closed without reading
   the body. Credentials that cannot be checked cheaply yet (a Basic password not seen before) are
   allowed one body per address at a time.
@@ -35,6 +35,8 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.utilities import Error
 
+from .errors import error_json
+
 log = logging.getLogger(__name__)
 
 # What admit_body answers: admit, admit as not yet verified, or refuse with (status, message, headers).
@@ -62,7 +64,7 @@ class HttpError(Error):
 
     def to_response(self, ident: str | None = None):
         if self.api:
-            body = json.dumps({"error": self.body, "status": self.code}).encode()
+            body = json.dumps(error_json(self.code, self.body)).encode()
             ctype = "application/json"
         else:
             text = html.escape(self.body)
@@ -284,13 +286,3 @@ class WebServer:
             self._server.pull_trigger()  # wake the select() now rather than at its timeout
         except OSError:
             pass
-
-
-def make_server(app: Any, host: str = "0.0.0.0", port: int = 8080, threads: int = 8,
-                limits: Limits | None = None) -> WebServer:
-    """A guarded waitress server for an app from `create_app`, bound to host:port (0 = any free port).
-    Run it with `.serve_forever()` (in a thread if you like), end it with `.stop()`; `.port` is the
-    real port. `limits` default to the app's settings."""
-    from .app import body_gate, server_limits
-
-    return WebServer(app, host, port, threads, limits or server_limits(app), body_gate(app))

@@ -1,8 +1,7 @@
-"""Web settings: the few values the web app needs, independent of how the config is loaded.
+"""The web page's start-up rules: where it listens, the warning when it is open without a password,
+the Host names it answers without one, and the session-signing key kept in the data folder.
 
-`create_app` accepts either a `WebSettings` or the project's `Config` (device/config.py: a `.web`
-section with `auth`, `password_hash`, `password` (env only), `max_upload_mb`, `secret_key`; plus
-`data_dir` and `model.beam_width`).
+Its settings are `config.web` (device/config.py's `WebConfig`), used directly.
 """
 from __future__ import annotations
 
@@ -11,59 +10,15 @@ import logging
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 8080
-DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 SECRET_FILE = "web_secret_key"
 
 
 class WebConfigError(ValueError):
     """A setting makes the web app impossible to start; the message says what to change."""
-
-
-@dataclass
-class WebSettings:
-    auth: bool = True
-    password_hash: str | None = None  # werkzeug.security hash; never a plain password
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
-    secret_key: str | None = None  # signs the session cookie; from data_dir or generated when None
-    password: str | None = field(default=None, repr=False)  # plain, only from EDGECAP_PASSWORD; wins
-    data_dir: Path | None = None  # where a generated secret key is persisted
-    username: str = "edgecap"  # shown in docs; any user name is accepted, only the password counts
-    beam_width: int = 3  # for POST /api/caption
-    max_login_failures: int = 20  # per client address per minute, then 429
-    secure_cookies: bool = False  # set True behind an HTTPS reverse proxy
-    concurrent_uploads: int = 4  # request bodies of the largest size held in memory at once
-
-
-def settings_from(config: Any) -> WebSettings:
-    """Build WebSettings from a WebSettings, a Config with a `.web` section, or None (defaults)."""
-    if config is None:
-        return WebSettings()
-    if isinstance(config, WebSettings):
-        return config
-    web = getattr(config, "web", config)
-    max_bytes = getattr(web, "max_upload_bytes", None)
-    if max_bytes is None:
-        mb = getattr(web, "max_upload_mb", None)
-        max_bytes = int(float(mb) * 1024 * 1024) if mb is not None else DEFAULT_MAX_UPLOAD_BYTES
-    beam = getattr(getattr(config, "model", None), "beam_width", None) or getattr(web, "beam_width", 3)
-    data_dir = getattr(config, "data_dir", None)
-    return WebSettings(
-        auth=bool(getattr(web, "auth", True)),
-        password_hash=getattr(web, "password_hash", None) or None,
-        password=getattr(web, "password", None) or None,
-        max_upload_bytes=int(max_bytes),
-        secret_key=getattr(web, "secret_key", None) or None,
-        beam_width=int(beam),
-        data_dir=Path(data_dir) if data_dir else None,
-        secure_cookies=bool(getattr(web, "secure_cookies", False)),
-    )
 
 
 def load_or_create_secret(data_dir: str | os.PathLike[str]) -> str:
@@ -92,14 +47,14 @@ def load_or_create_secret(data_dir: str | os.PathLike[str]) -> str:
     return key
 
 
-def host_allowed(host: str, settings: WebSettings) -> bool:
+def host_allowed(host: str, auth: bool) -> bool:
     """Whether to answer a request whose Host header is `host`.
 
     With a password, any: the password protects the data. Without one, only names a web page
     elsewhere cannot point at this device (DNS rebinding): localhost names, IP addresses, and this
     machine's own host name (also with .local).
     """
-    if settings.auth:
+    if auth:
         return True
     name = host.strip().lower()
     if name.startswith("["):  # [v6 address]:port

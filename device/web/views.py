@@ -3,13 +3,13 @@ from the JSON API, so the page and the API can never disagree."""
 from __future__ import annotations
 
 import logging
-import secrets
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
 from . import params
-from .app import check_basic, state
+from .login import check_login, start_session
+from .state import state
 
 log = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
@@ -68,7 +68,7 @@ def upload_page():
     st = state()
     return render_template(
         "upload.html", has_captioner=st.captioner is not None,
-        max_mb=st.settings.max_upload_bytes / (1024 * 1024),
+        max_mb=st.max_upload_bytes / (1024 * 1024),
     )
 
 
@@ -76,19 +76,16 @@ def upload_page():
 def login():
     st = state()
     nxt = _safe_next(request.values.get("next"))
-    if not st.settings.auth:
+    if not st.config.web.auth:
         return redirect(nxt)
     if request.method != "POST":  # GET, and HEAD (which is not a login attempt)
         return render_template("login.html", next=nxt, error=None)
-    ok = check_basic(st, request.form.get("password"), request.remote_addr or "?")
+    ok = check_login(st, request.form.get("password"), request.remote_addr or "?")
     if ok is None:
         resp = render_template("login.html", next=nxt, error="Too many failed attempts; wait a minute.")
         return resp, 429
     if ok:
-        session.clear()  # a fresh session (and CSRF token) after login: no fixation
-        session.permanent = True
-        session["auth"] = st.checker.fingerprint
-        session["sid"] = secrets.token_urlsafe(16)  # what logging out revokes
+        start_session(st)
         return redirect(nxt, code=303)
     return render_template("login.html", next=nxt, error="Wrong password."), 401
 
