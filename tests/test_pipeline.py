@@ -121,3 +121,19 @@ def test_open_device_loads_only_what_a_command_asks_for(tmp_path: Path) -> None:
         open_device(config)  # no models here: the same message as before, and the store is closed
     with open_device(config, captioner="optional") as device:  # `serve`: the captures without uploads
         assert device.captioner is None and device.pipeline is None
+
+
+def test_an_upload_kept_on_a_running_daemon_is_announced_like_a_camera_frame(tmp_path: Path) -> None:
+    """The daemon hands the web app its own pipeline, so MQTT and alerts hear of kept uploads too."""
+    saved: list[int] = []
+    store = Store(tmp_path / "data")
+    pipeline = Pipeline(store, PixelCaptioner(), None, on_saved=saved.append)
+    try:
+        app = create_app(web_config(tmp_path / "data", auth=False), store, PixelCaptioner(), None, pipeline=pipeline)
+        photo = (io.BytesIO((SAMPLES / PHOTOS[0]).read_bytes()), PHOTOS[0])
+        kept = app.test_client().post("/api/caption", data={"keep": "1", "image": photo}).get_json()["capture"]
+        photo = (io.BytesIO((SAMPLES / PHOTOS[1]).read_bytes()), PHOTOS[1])
+        app.test_client().post("/api/caption", data={"image": photo})  # not kept: nothing to announce
+        assert saved == [kept["id"]] and store.count() == 1
+    finally:
+        store.close()

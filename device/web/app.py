@@ -79,13 +79,15 @@ def _static_version() -> str:
 
 
 def create_app(config: Config, store: Any, captioner: Any = None, embedder: Any = None, *,
-               started: float | None = None, metrics: Any = None, alerts: Any = None,
-               max_login_failures: int = 20, concurrent_uploads: int = 4) -> Flask:
+               pipeline: Pipeline | None = None, started: float | None = None, metrics: Any = None,
+               alerts: Any = None, max_login_failures: int = 20, concurrent_uploads: int = 4) -> Flask:
     """Build the web app.
 
     config: the `Config` (its [web] section, data_dir for the session key, model.beam_width for
     uploads). store: a `Store`. captioner / embedder: loaded models or None (no uploads / keyword-only
-    search). started: the process start time, for uptime. metrics / alerts: the daemon's Registry and
+    search). pipeline: the running daemon's `Pipeline`, so kept uploads are stored (and announced to
+    MQTT and alerts) exactly as camera frames are; without one the app builds its own over the store
+    and models. started: the process start time, for uptime. metrics / alerts: the daemon's Registry and
     Alerts (for /metrics and /alerts), or None. max_login_failures: per client address per minute, then
     429. concurrent_uploads: request bodies of the largest size held in memory at once.
     Raises WebConfigError when authentication is on but no password is configured.
@@ -125,7 +127,8 @@ def create_app(config: Config, store: Any, captioner: Any = None, embedder: Any 
     app.json.sort_keys = False
     app.json.compact = True
     # Uploads kept with keep=1 are stored like camera frames, through the one caption -> store path.
-    pipeline = None if captioner is None else Pipeline(store, captioner, embedder, config.model.beam_width)
+    if pipeline is None and captioner is not None:
+        pipeline = Pipeline(store, captioner, embedder, config.model.beam_width)
     app.extensions[EXTENSION] = AppState(
         config=config, store=store, captioner=captioner, embedder=embedder, pipeline=pipeline,
         started=time.time() if started is None else started, checker=checker,

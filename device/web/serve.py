@@ -50,8 +50,8 @@ def start_web(config: Config, device: Device, started: float, metrics: Any = Non
     host = effective_host(config.web.host or None, config.web.auth)
     port = config.web.port
     try:
-        app = create_app(config, device.store, device.captioner, device.embedder, started=started,
-                         metrics=metrics, alerts=alerts)
+        app = create_app(config, device.store, device.captioner, device.embedder, pipeline=device.pipeline,
+                         started=started, metrics=metrics, alerts=alerts)
         server = make_server(app, host, port)
     except WebConfigError as e:
         raise StartupError(str(e)) from e
