@@ -80,9 +80,10 @@ def test_recorded_metrics_meet_the_targets():
     flickr = metrics["captioner-int8"]["flickr8k_test"]
     assert flickr["BLEU-4"] >= 19.0
     # Issue 11 asks for CIDEr >= 0.47 and 300 distinct words on Flickr8k test; the COCO-trained model
-    # has 0.4666 and 243 (the Flickr8k-only one had 0.4700 and 189): docs/models.md says so. These
-    # bounds hold what was measured, so a worse model is caught.
-    assert flickr["CIDEr"] >= 0.466 and flickr["distinct_words"] >= 240
+    # with the rarity bonus chosen on dev has 0.4641 and 247 (the Flickr8k-only one had 0.4700 and
+    # 189): docs/models.md says so. These bounds hold what was measured, so a worse model is caught.
+    assert flickr["CIDEr"] >= 0.464 and flickr["distinct_words"] >= 245
+    assert metrics["captioner-int8"]["flickr8k_test"]["rarity"] > 0  # the bonus dev chose is shipped
     assert metrics["captioner-int8"]["coco_dev"]["CIDEr"] >= 0.45  # COCO val; the previous model: 0.287
     for name in ("captioner-float", "captioner-4bit"):
         assert metrics["captioner-float"]["flickr8k_test"]["BLEU-4"] - metrics[name]["flickr8k_test"]["BLEU-4"] <= 0.5
@@ -170,3 +171,21 @@ def test_a_broken_runtime_is_named_not_called_missing(monkeypatch, caplog):
         runtime.runtime_module()
     warnings = [r for r in caplog.records if r.name == "device.runtime"]
     assert len(warnings) == 1 and "ai-edge-litert is installed but cannot be imported" in warnings[0].getMessage()
+
+
+def test_the_rarity_bonus_favours_rarer_words_and_adds_to_the_tag_bonus():
+    from device.tagger import Tag
+    captioner = Captioner.load(MODELS / "captioner-int8", num_threads=1)
+    index = {w: i for i, w in enumerate(captioner.vocab)}
+    assert captioner.log_frequency.shape == (len(captioner.vocab),)
+    assert captioner.log_frequency[index["a"]] > captioner.log_frequency[index["dog"]] \
+        > captioner.log_frequency[index["cat"]]  # training text: "a" is everywhere, "cat" is rarer
+    captioner.rarity, captioner.tag_bias = 0.0, 0.0
+    assert captioner.word_bias([Tag("cat", 0.9)]) is None  # nothing to add: plain beam search
+    captioner.rarity = 0.1
+    rare = captioner.word_bias([])
+    assert rare[index["cat"]] > rare[index["dog"]] > rare[index["a"]] > 0
+    captioner.tag_bias = 1.0
+    tagged = captioner.word_bias([Tag("cat", 0.9)])
+    assert tagged[index["cat"]] == pytest.approx(rare[index["cat"]] + 0.9)
+    assert np.array_equal(np.delete(tagged, index["cat"]), np.delete(rare, index["cat"]))
