@@ -25,7 +25,6 @@ from converters.features import FeatureCache
 from converters.metrics import corpus_scores, gender_error_rate
 from converters.train import load_trained, references, selection_score, tokens_to_text
 from device.captioner import Captioner
-from device.decoder import Special, beam_search
 from device.modelset import ModelSet, update_manifest
 from device.preprocess import load_image
 from device.search.textnorm import inflections
@@ -77,34 +76,37 @@ def tag_precision(dataset, tags: dict[str, list[str]]) -> dict:
 
 
 def tune_decoding(captioner: Captioner, dataset: Dataset) -> tuple[dict, dict]:
-    """Pick the length penalty and tag bias, then the rarity bonus at those, on the dev splits by
-    `selection_score` (train.py): the criterion that selected the training epoch."""
+    """Pick the length penalty and tag bias, then at those the rarity bonus and whether content words
+    may repeat, on the dev splits by `selection_score` (train.py): the criterion that selected the
+    training epoch."""
     dev = {name: (names, references(dataset, names)) for name, names in dataset.dev_sets().items() if names}
     features = {n: captioner.encode(load_image(dataset.image_path(n)))
                 for names, _ in dev.values() for n in tqdm(names, desc="dev encode")}
     results = {}
 
-    def trial(length_penalty: float, tag_bias: float, rarity: float) -> dict:
-        captioner.length_penalty, captioner.tag_bias, captioner.rarity = length_penalty, tag_bias, rarity
+    def trial(length_penalty: float, tag_bias: float, rarity: float = 0.0, no_repeat: bool = False) -> dict:
+        setting = {"length_penalty": length_penalty, "tag_bias": tag_bias, "rarity": rarity,
+                   "no_repeat": no_repeat}
+        for name, value in setting.items():
+            setattr(captioner, name, value)
         scores = {}
         for set_name, (names, refs) in dev.items():
             hyps = {n: captioner.caption_features(features[n]).text for n in names}
             s = corpus_scores(refs, hyps, ("bleu", "cider"))
             scores[set_name] = {"BLEU-4": round(s["BLEU-4"], 3), "CIDEr": round(s["CIDEr"], 4),
                                 "distinct_words": len({w for h in hyps.values() for w in h.split()})}
-        key = f"length_penalty={length_penalty} tag_bias={tag_bias} rarity={rarity}"
-        results[key] = {"length_penalty": length_penalty, "tag_bias": tag_bias, "rarity": rarity,
-                        "dev": scores, "criterion": round(selection_score(scores), 3)}
+        key = " ".join(f"{name}={value}" for name, value in setting.items())
+        results[key] = {**setting, "dev": scores, "criterion": round(selection_score(scores), 3)}
         log.info("dev %s: %s", key, results[key])
         return results[key]
 
     biases = TAG_BIASES if captioner.tagger else (0.0,)
-    best = max((trial(lp, bias, 0.0) for lp in LENGTH_PENALTIES for bias in biases),
+    best = max((trial(lp, bias) for lp in LENGTH_PENALTIES for bias in biases), key=lambda r: r["criterion"])
+    rarities = RARITIES if captioner.log_frequency is not None else (0.0,)
+    best = max([best] + [trial(best["length_penalty"], best["tag_bias"], rarity, no_repeat)
+                         for no_repeat in (False, True) for rarity in rarities if rarity or no_repeat],
                key=lambda r: r["criterion"])
-    if captioner.log_frequency is not None:
-        best = max([best] + [trial(best["length_penalty"], best["tag_bias"], r) for r in RARITIES if r],
-                   key=lambda r: r["criterion"])
-    return {k: best[k] for k in ("length_penalty", "tag_bias", "rarity")}, results
+    return {k: best[k] for k in ("length_penalty", "tag_bias", "rarity", "no_repeat")}, results
 
 
 def evaluate_set(set_dir: Path, dataset, names: list[str], beam_width: int, num_threads: int,
@@ -124,21 +126,18 @@ def evaluate_set(set_dir: Path, dataset, names: list[str], beam_width: int, num_
     result.update(ms_per_caption=round(statistics.median(times), 2), beam_width=beam_width,
                   num_threads=num_threads, bytes=sum(manifest["sizes"].values()),
                   length_penalty=captioner.length_penalty, tag_bias=captioner.tag_bias if tagger else 0.0,
-                  rarity=captioner.rarity)
+                  rarity=captioner.rarity, no_repeat=captioner.no_repeat)
     return {"metrics": result, "examples": {n: {"caption": hyps[n], "tags": tags[n]} for n in names[:5]}}
 
 
-def evaluate_keras(work: Path, dataset, names: list[str], beam_width: int, length_penalty: float,
-                   special: Special, max_len: int, word_bias: np.ndarray | None) -> dict:
-    """The Keras float decoder on the cached features, decoded as the sets are (minus the tags)."""
+def evaluate_keras(work: Path, dataset, names: list[str], beam_width: int, captioner: Captioner) -> dict:
+    """The Keras float decoder on the cached features, decoded with the set's settings (no tags)."""
     decoder, vocab, _ = load_trained(work)
     row_of, features = FeatureCache(work).load()
     model = KerasStepModel(decoder)
     hyps = {}
     for name in tqdm(names, desc="keras-float"):
-        feats = features[row_of[name]][None].astype(np.float32)
-        decoded = beam_search(model, feats, special, beam_width=beam_width, max_len=max_len,
-                              length_penalty=length_penalty, word_bias=word_bias)
+        decoded = captioner.decode(model, features[row_of[name]][None].astype(np.float32), beam_width)
         hyps[name] = tokens_to_text(decoded.best.tokens, vocab)
     return {"metrics": score(references(dataset, names), hyps)}
 
@@ -147,10 +146,7 @@ def evaluate(dataset: Dataset, work: Path, models: Path, sets: list[str], *, tag
              beam_width: int = 3, num_threads: int = 2, tune: bool = True, keras: bool = True,
              split: str = "test") -> dict:
     targets = {f"{p.name}_{split}": p for p in dataset.parts or [dataset] if p.splits.get(split)}
-    first = ModelSet.load(models / sets[0]).manifest
     report: dict = {"split": split, "results": {}}
-    decoding = {"length_penalty": first["decoding"]["length_penalty"],
-                "tag_bias": first["decoding"].get("tag_bias", 0.0), "rarity": first["decoding"].get("rarity", 0.0)}
     if tune:
         decoding, table = tune_decoding(Captioner.load(models / sets[0], num_threads, tagger), dataset)
         report["decoding"] = {"chosen": decoding, "dev": table, "tuned_on": sets[0]}
@@ -165,10 +161,8 @@ def evaluate(dataset: Dataset, work: Path, models: Path, sets: list[str], *, tag
             result["examples"][name] = done["examples"]
             update_manifest(models / name, lambda m, r=done["metrics"]: m["metrics"].update({target: r}))
         if keras and (work / "best.weights.h5").exists():
-            rarity = decoding["rarity"] * -np.asarray(first["word_log_frequency"]) if decoding["rarity"] else None
             result["sets"]["keras-float"] = evaluate_keras(
-                work, part, names, beam_width, decoding["length_penalty"], Special(**first["special"]),
-                first["max_len"], rarity)["metrics"]
+                work, part, names, beam_width, Captioner.load(models / sets[0], num_threads))["metrics"]
     return report
 
 

@@ -8,13 +8,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from device.decoder import Special, beam_search
+from device.decoder import Decoded, Special, StepModel, beam_search
 from device.modelset import ModelSet, ModelSetError
 from device.preprocess import to_model_input
 from device.runtime import make_interpreter
 from device.tagger import Tag, Tagger
 
 SIGNATURE = "serving_default"
+
+# Closed-class words (articles, prepositions, conjunctions, pronouns, auxiliaries, numbers) and the
+# nouns of fixed phrases ("in front of", "on top of"): with `decoding.no_repeat` every other word is
+# said at most once per caption, so "a man in a blue shirt and white shirt" cannot come out.
+FUNCTION_WORDS = frozenset("""
+a an the this that these those some another other each its his her their it he she they them
+in on of at to by for from with into onto over under through down up near next behind around
+out off across along above below between against towards toward inside outside beside past
+and or but while as than who which where
+is are be being been has have was were
+one two three four five six several many
+front top side
+""".split())
 
 
 @dataclass
@@ -55,7 +68,8 @@ class Captioner:
     With a `tagger`, each caption also gets object tags, and the decoder favours the tagged words by
     `tag_bias` x confidence. `rarity` x -ln(the word's training frequency) is added to every word's
     log-probability: beam search otherwise settles on the safest, commonest words ("a man in a red
-    shirt"). Both are chosen on the dev sets by `python -m converters evaluate`.
+    shirt"). With `no_repeat`, a word outside FUNCTION_WORDS is said at most once. All three are
+    chosen on the dev sets by `python -m converters evaluate`.
     """
 
     def __init__(self, model_set: ModelSet, num_threads: int = 2, tagger: Tagger | None = None):
@@ -71,6 +85,7 @@ class Captioner:
             self.length_penalty = float(m["decoding"]["length_penalty"])
             self.tag_bias = float(m["decoding"].get("tag_bias", 0.0))
             self.rarity = float(m["decoding"].get("rarity", 0.0))
+            self.no_repeat = bool(m["decoding"].get("no_repeat", False))
             # Sets exported before the rarity bonus existed have no frequencies: no bonus for them.
             self.log_frequency = (np.asarray(m["word_log_frequency"], dtype=np.float64)
                                   if "word_log_frequency" in m else None)
@@ -80,6 +95,8 @@ class Captioner:
             raise ModelSetError(f"{model_set.dir}/manifest.json: a captioner field has the wrong type ({e})") from e
         self.tagger = tagger
         self._vocab_index = {w: i for i, w in enumerate(self.vocab)}
+        self._content_words = frozenset(i for i, w in enumerate(self.vocab)
+                                        if w not in FUNCTION_WORDS and not w.startswith("<"))
         self._encoder = make_interpreter(model_set.path("encoder"), num_threads).get_signature_runner(SIGNATURE)
         self.decoder_model = TFLiteStepModel(model_set.path("init"), model_set.path("step"), num_threads)
         self._lock = threading.Lock()
@@ -108,6 +125,15 @@ class Captioner:
                     bias[self._vocab_index[t.word]] += self.tag_bias * t.p
         return bias if bias.any() else None
 
+    def decode(self, model: StepModel, features: np.ndarray, beam_width: int | None = None,
+               tags: list[Tag] | None = None) -> Decoded:
+        """Beam search over `model` with this set's decoding settings: the TFLite decoder here, the
+        Keras one in the converters' evaluation, so both are decoded alike."""
+        return beam_search(model, features, self.special, beam_width=beam_width or self.beam_width,
+                           max_len=self.max_len, length_penalty=self.length_penalty,
+                           word_bias=self.word_bias(tags or []),
+                           say_once=self._content_words if self.no_repeat else ())
+
     def caption_features(self, features: np.ndarray, beam_width: int | None = None,
                          tags: list[Tag] | None = None) -> Caption:
         """Caption an encoded image; `tags` defaults to the tagger's (none without a tagger)."""
@@ -115,9 +141,7 @@ class Captioner:
         if tags is None:
             tags = self.tagger.tag(pooled) if self.tagger else []
         with self._lock:
-            decoded = beam_search(self.decoder_model, features, self.special,
-                                  beam_width=beam_width or self.beam_width, max_len=self.max_len,
-                                  length_penalty=self.length_penalty, word_bias=self.word_bias(tags))
+            decoded = self.decode(self.decoder_model, features, beam_width, tags)
         best = decoded.best
         words = [self.vocab[t] for t in best.tokens]
         attention = (np.stack(best.alphas).reshape(-1, 7, 7).astype(np.float32) if best.alphas

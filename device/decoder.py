@@ -6,6 +6,7 @@ through this same code: what is measured is what ships.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,12 +54,14 @@ def normalised(logprob: float, length: int, length_penalty: float) -> float:
 
 def beam_search(model: StepModel, features: np.ndarray, special: Special, *, beam_width: int = 3,
                 max_len: int = 20, length_penalty: float = DEFAULT_LENGTH_PENALTY,
-                word_bias: np.ndarray | None = None) -> Decoded:
+                word_bias: np.ndarray | None = None, say_once: Collection[int] = ()) -> Decoded:
     """Decode one image's features [1,49,F]. Hypotheses leave the beam as they reach <end>.
 
-    `word_bias` [V] is added to every step's log-probabilities: the captioner uses it to favour the
-    words the object tagger sees (scores then include it).
+    `word_bias` [V] is added to every step's log-probabilities: the captioner uses it to favour rare
+    words and the words the object tagger sees (scores then include it). A token in `say_once` appears
+    at most once per caption ("a man in a blue shirt and white shirt" cannot happen).
     """
+    say_once = frozenset(say_once)
     values, keys, h = model.init(features)
     banned = [special.pad, special.start, special.unk]
     live = [Hypothesis([], 0.0, [])]
@@ -75,6 +78,9 @@ def beam_search(model: StepModel, features: np.ndarray, special: Special, *, bea
         if word_bias is not None:
             logprobs += word_bias
         logprobs[:, banned] = -np.inf
+        for row, hyp in enumerate(live):
+            if said := say_once.intersection(hyp.tokens):
+                logprobs[row, list(said)] = -np.inf
         if t == 0:  # a caption has at least one word
             logprobs[:, special.end] = -np.inf
         if t == max_len:  # out of room: every live hypothesis must end now

@@ -76,7 +76,8 @@ def test_evaluation_report_scores_every_set_and_the_keras_model(pipeline):
     chosen = report["decoding"]["chosen"]
     assert chosen["length_penalty"] in (0.0, 0.3, 0.5, 0.7, 1.0) and chosen["tag_bias"] == 0.0  # no tagger here
     assert chosen["rarity"] in (0.0, 0.025, 0.05, 0.075, 0.1)
-    assert {t["rarity"] for t in report["decoding"]["dev"].values()} == {0.0, 0.025, 0.05, 0.075, 0.1}
+    assert {(t["rarity"], t["no_repeat"]) for t in report["decoding"]["dev"].values()} == {
+        (r, n) for r in (0.0, 0.025, 0.05, 0.075, 0.1) for n in (False, True)}
     assert set(next(iter(report["decoding"]["dev"].values()))["dev"]) == {"flickr8k", "coco"}
     assert "| captioner-int8 |" in run.stdout
 

@@ -68,6 +68,15 @@ def test_max_len_ends_every_hypothesis():
     assert words(out.best) == ["dog"] * 4
 
 
+def test_a_say_once_word_is_not_repeated():
+    loop = BigramModel({"<start>": {"dog": 1.0}, "dog": {"dog": 0.9, "runs": 0.05, "<end>": 0.05},
+                        "runs": {"<end>": 1.0}})
+    assert words(beam_search(loop, np.zeros((1, 49, 2)), SPECIAL, beam_width=2, max_len=4).best) == ["dog"] * 4
+    once = beam_search(loop, np.zeros((1, 49, 2)), SPECIAL, beam_width=2, max_len=4, say_once={W["dog"]})
+    assert all(b.tokens.count(W["dog"]) == 1 for b in once.beams)
+    assert words(once.best) in (["dog"], ["dog", "runs"])
+
+
 def test_a_word_bias_steers_towards_the_biased_word():
     bias = np.zeros(len(VOCAB))
     bias[W["cat"]] = 2.0

@@ -189,3 +189,20 @@ def test_the_rarity_bonus_favours_rarer_words_and_adds_to_the_tag_bonus():
     tagged = captioner.word_bias([Tag("cat", 0.9)])
     assert tagged[index["cat"]] == pytest.approx(rare[index["cat"]] + 0.9)
     assert np.array_equal(np.delete(tagged, index["cat"]), np.delete(rare, index["cat"]))
+
+
+def test_with_no_repeat_a_caption_says_each_content_word_once():
+    from device.captioner import FUNCTION_WORDS
+    captioner = Captioner.load(MODELS / "captioner-int8", num_threads=1)
+    images = [load_image(p) for p in sorted(SAMPLES.glob("*.jpg"))]
+
+    def repeats(caption) -> set[str]:
+        return {w for w in caption.words if caption.words.count(w) > 1 and w not in FUNCTION_WORDS}
+
+    captioner.no_repeat = False
+    free = [captioner.caption(image) for image in images]
+    assert any(repeats(c) for c in free), [c.text for c in free]  # e.g. "... a blue shirt and white shirt"
+    captioner.no_repeat = True
+    once = [captioner.caption(image) for image in images]
+    assert not any(repeats(c) for c in once), [c.text for c in once]
+    assert any(c.words.count("a") > 1 for c in once)  # function words still repeat
