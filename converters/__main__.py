@@ -42,6 +42,14 @@ def _export(args) -> None:
            calibration=args.calibration, keep_encoder=keep)
 
 
+def _prior(args) -> None:
+    from converters.prior import training_sample, write_prior
+    from device.modelset import available_sets
+    images = training_sample(_dataset(args), args.images)
+    for name in args.sets or available_sets(args.models, kind="captioner"):
+        write_prior(args.models / name, images)
+
+
 def _evaluate(args) -> None:
     import json
 
@@ -110,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=200, help="training images to calibrate the encoder")
     p.add_argument("--keep-encoder", action="store_true",
                    help="reuse models/captioner-int8/encoder.tflite instead of converting the encoder again")
+    from converters.prior import PRIOR_IMAGES
+    p = command("prior", _prior, "add each captioner set's prior (the average training image) for "
+                "contrastive decoding; export does this too")
+    p.add_argument("--sets", nargs="*", help="captioner sets (default: all in --models)")
+    p.add_argument("--images", type=int, default=PRIOR_IMAGES, help="training images averaged")
     p = command("evaluate", _evaluate, "score the model sets (and the Keras model) on the test split")
     p.add_argument("--sets", nargs="*", help="model sets to score (default: all captioner sets)")
     p.add_argument("--split", default="test", choices=("dev", "test"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from device.decoder import Decoded, Special, StepModel, beam_search
+from device.decoder import Contrast, Decoded, Special, StepModel, beam_search
 from device.modelset import ModelSet, ModelSetError
 from device.preprocess import to_model_input
 from device.runtime import make_interpreter
@@ -46,6 +46,17 @@ class Caption:
                 "attention": np.round(self.attention, 4).tolist()}
 
 
+def load_prior(path: Path, feat_dim: int) -> np.ndarray:
+    """A set's prior.npy: the average training image's feature map, float32 [1,49,feat_dim]."""
+    try:
+        prior = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ModelSetError(f"{path}: not a readable .npy array ({e})") from e
+    if prior.shape != (1, 49, feat_dim):
+        raise ModelSetError(f"{path}: shape {prior.shape}, want (1, 49, {feat_dim})")
+    return prior.astype(np.float32)
+
+
 class TFLiteStepModel:
     """The `init` and `step` TFLite models behind the decoder's StepModel protocol."""
 
@@ -68,8 +79,9 @@ class Captioner:
     With a `tagger`, each caption also gets object tags, and the decoder favours the tagged words by
     `tag_bias` x confidence. `rarity` x -ln(the word's training frequency) is added to every word's
     log-probability: beam search otherwise settles on the safest, commonest words ("a man in a red
-    shirt"). With `no_repeat`, a word outside FUNCTION_WORDS is said at most once. All three are
-    chosen on the dev sets by `python -m converters evaluate`.
+    shirt"). With `no_repeat`, a word outside FUNCTION_WORDS is said at most once. `contrast` weighs
+    the decoder's word scores for the set's prior, the average training image, against this image's
+    (decoder.Contrast). All are chosen on the dev sets by `python -m converters evaluate`.
     """
 
     def __init__(self, model_set: ModelSet, num_threads: int = 2, tagger: Tagger | None = None):
@@ -86,9 +98,13 @@ class Captioner:
             self.tag_bias = float(m["decoding"].get("tag_bias", 0.0))
             self.rarity = float(m["decoding"].get("rarity", 0.0))
             self.no_repeat = bool(m["decoding"].get("no_repeat", False))
+            self.contrast = float(m["decoding"].get("contrast", 0.0))
             # Sets exported before the rarity bonus existed have no frequencies: no bonus for them.
             self.log_frequency = (np.asarray(m["word_log_frequency"], dtype=np.float64)
                                   if "word_log_frequency" in m else None)
+            # Sets exported before contrastive decoding have no prior: no contrast for them.
+            self.prior = (load_prior(model_set.path("prior"), int(m["architecture"]["feat_dim"]))
+                          if "prior" in m["files"] else None)
         except KeyError as e:  # say which field, not a bare "'vocab'"
             raise ModelSetError(f"{model_set.dir}/manifest.json has no {e.args[0]!r} field") from None
         except (TypeError, ValueError, AttributeError) as e:
@@ -132,7 +148,9 @@ class Captioner:
         return beam_search(model, features, self.special, beam_width=beam_width or self.beam_width,
                            max_len=self.max_len, length_penalty=self.length_penalty,
                            word_bias=self.word_bias(tags or []),
-                           say_once=self._content_words if self.no_repeat else ())
+                           say_once=self._content_words if self.no_repeat else (),
+                           contrast=(Contrast(self.prior, self.contrast)
+                                     if self.contrast and self.prior is not None else None))
 
     def caption_features(self, features: np.ndarray, beam_width: int | None = None,
                          tags: list[Tag] | None = None) -> Caption:

@@ -44,6 +44,16 @@ class Decoded:
     beams: list[Hypothesis]    # finished hypotheses, best first (best included)
 
 
+@dataclass
+class Contrast:
+    """Contrastive decoding: every word's log-probability minus `weight` x the log-probability the
+    decoder gives it, after the same words, for `features` [1,49,F], the average training image's
+    feature map. Words any picture would get ("a man in a red shirt") lose to the words this picture
+    earns (a pointwise-mutual-information score, as in Li et al. 2016's anti-language-model)."""
+    features: np.ndarray
+    weight: float
+
+
 DEFAULT_LENGTH_PENALTY = 1.0  # what the committed sets' manifests say (decoding.length_penalty)
 
 
@@ -54,15 +64,19 @@ def normalised(logprob: float, length: int, length_penalty: float) -> float:
 
 def beam_search(model: StepModel, features: np.ndarray, special: Special, *, beam_width: int = 3,
                 max_len: int = 20, length_penalty: float = DEFAULT_LENGTH_PENALTY,
-                word_bias: np.ndarray | None = None, say_once: Collection[int] = ()) -> Decoded:
+                word_bias: np.ndarray | None = None, say_once: Collection[int] = (),
+                contrast: Contrast | None = None) -> Decoded:
     """Decode one image's features [1,49,F]. Hypotheses leave the beam as they reach <end>.
 
     `word_bias` [V] is added to every step's log-probabilities: the captioner uses it to favour rare
     words and the words the object tagger sees (scores then include it). A token in `say_once` appears
-    at most once per caption ("a man in a blue shirt and white shirt" cannot happen).
+    at most once per caption ("a man in a blue shirt and white shirt" cannot happen). With a
+    `contrast`, each step decodes the average image's rows beside the hypotheses' in one call.
     """
     say_once = frozenset(say_once)
     values, keys, h = model.init(features)
+    if contrast is not None:
+        prior_values, prior_keys, prior_h = model.init(contrast.features)
     banned = [special.pad, special.start, special.unk]
     live = [Hypothesis([], 0.0, [])]
     live_h = h
@@ -72,9 +86,18 @@ def beam_search(model: StepModel, features: np.ndarray, special: Special, *, bea
         n = len(live)
         if n not in tiled:  # the beam only changes size when a hypothesis ends
             tiled[n] = (np.repeat(values, n, 0), np.repeat(keys, n, 0))
+            if contrast is not None:  # rows n..2n-1: the average image after the same words
+                tiled[n] = (np.concatenate([tiled[n][0], np.repeat(prior_values, n, 0)]),
+                            np.concatenate([tiled[n][1], np.repeat(prior_keys, n, 0)]))
         tokens = np.array([hyp.tokens[-1] if hyp.tokens else special.start for hyp in live], np.int32)
-        logprobs, new_h, alpha = model.step(tokens, live_h, *tiled[n])
-        logprobs = logprobs.astype(np.float64)
+        if contrast is None:
+            logprobs, new_h, alpha = model.step(tokens, live_h, *tiled[n])
+            logprobs = logprobs.astype(np.float64)
+        else:
+            both, both_h, alpha = model.step(np.concatenate([tokens, tokens]),
+                                             np.concatenate([live_h, prior_h]), *tiled[n])
+            logprobs = both[:n].astype(np.float64) - contrast.weight * both[n:]
+            new_h, new_prior_h, alpha = both_h[:n], both_h[n:], alpha[:n]
         if word_bias is not None:
             logprobs += word_bias
         logprobs[:, banned] = -np.inf
@@ -108,6 +131,8 @@ def beam_search(model: StepModel, features: np.ndarray, special: Special, *, bea
         if not next_live:
             break
         live, live_h = next_live, new_h[next_rows]
+        if contrast is not None:
+            prior_h = new_prior_h[next_rows]
     finished.sort(key=lambda hyp: hyp.score, reverse=True)
     return Decoded(finished[0], finished[:beam_width])
 

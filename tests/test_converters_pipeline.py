@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
@@ -57,6 +58,8 @@ def test_every_variant_is_exported_with_a_manifest(pipeline):
         assert m["tensors"]["step"]["outputs"]["logprobs"]["shape"] == [-1, len(m["vocab"])]
         assert "CIDEr" in m["metrics"]["flickr8k_test"]
         assert len(m["word_log_frequency"]) == len(m["vocab"]) and max(m["word_log_frequency"]) < 0
+        assert m["files"]["prior"] == "prior.npy" and m["prior"]["images"] == 13  # every training image (of 13)
+        assert np.load(ms.path("prior")).shape == (1, 49, 1280)
         sizes[name] = m["sizes"]["step.tflite"]
     # int8 weights are about a quarter of float, 4-bit weights smaller again
     assert sizes["captioner-4bit"] < sizes["captioner-int8"] < sizes["captioner-float"] / 3
@@ -74,8 +77,9 @@ def test_evaluation_report_scores_every_set_and_the_keras_model(pipeline):
         assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "gender_error_rate", "distinct_words"} <= set(metrics)
     assert sets["captioner-int8"]["ms_per_caption"] > 0
     chosen = report["decoding"]["chosen"]
-    assert chosen["length_penalty"] in (0.0, 0.3, 0.5, 0.7, 1.0) and chosen["tag_bias"] == 0.0  # no tagger here
-    assert chosen["rarity"] in (0.0, 0.025, 0.05, 0.075, 0.1)
+    assert chosen["length_penalty"] in (0.0, 0.3, 0.5, 0.7, 1.0, 1.3, 1.6) and chosen["tag_bias"] == 0.0  # no tagger
+    assert chosen["rarity"] in (0.0, 0.025, 0.05, 0.075, 0.1) and chosen["contrast"] in (0.0, 0.05, 0.1, 0.15)
+    assert {t["contrast"] for t in report["decoding"]["dev"].values()} == {0.0, 0.05, 0.1, 0.15}
     assert {(t["rarity"], t["no_repeat"]) for t in report["decoding"]["dev"].values()} == {
         (r, n) for r in (0.0, 0.025, 0.05, 0.075, 0.1) for n in (False, True)}
     assert set(next(iter(report["decoding"]["dev"].values()))["dev"]) == {"flickr8k", "coco"}

@@ -1,13 +1,14 @@
 """The one beam-search decoder (device/decoder.py) on a small language model whose best captions are
-known by hand: what beams find that greedy misses, the rules every caption obeys, the tag bonus."""
+known by hand: what beams find that greedy misses, the rules every caption obeys, the tag bonus, the
+contrast with the average image."""
 from __future__ import annotations
 
 import numpy as np
 
-from device.decoder import Special, beam_search
+from device.decoder import Contrast, Special, beam_search
 
 SPECIAL = Special(pad=0, start=1, end=2, unk=3)
-VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "cat", "runs"]
+VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "cat", "runs", "the", "big"]
 W = {w: i for i, w in enumerate(VOCAB)}
 
 
@@ -82,3 +83,51 @@ def test_a_word_bias_steers_towards_the_biased_word():
     bias[W["cat"]] = 2.0
     assert words(decode(beam_width=3, word_bias=bias).best) == ["a", "cat"]
     assert words(decode(beam_width=3, word_bias=np.zeros(len(VOCAB))).best) == ["dog", "runs"]
+
+
+class TwoWordModel:
+    """A StepModel whose next word depends on the last two words (h carries the one before the
+    current token) and on the picture: the features' first value picks the table, 0 for this image
+    and 1 for the average one, so a prior row is only right if its h followed its hypothesis."""
+
+    def __init__(self, *tables: dict[tuple[str, str], dict[str, float]]):
+        self.tables = tables
+
+    def init(self, features):
+        kind = np.full((1, 49, 2), features[0, 0, 0])
+        return kind, kind, np.full((1, 1), W["<pad>"], dtype=float)
+
+    def step(self, tokens, h, values, keys):
+        logprobs = np.full((len(tokens), len(VOCAB)), -30.0)
+        for row, token in enumerate(tokens):
+            table = self.tables[int(values[row, 0, 0])]
+            for word, p in table.get((VOCAB[int(h[row, 0])], VOCAB[token]), {}).items():
+                logprobs[row, W[word]] = np.log(p)
+        return logprobs, tokens[:, None].astype(float), np.full((len(tokens), 49), 1 / 49)
+
+
+IMAGE = {("<pad>", "<start>"): {"the": 0.55, "a": 0.45},
+         ("<start>", "the"): {"big": 0.5, "<end>": 0.5}, ("<start>", "a"): {"big": 1.0},
+         ("the", "big"): {"dog": 0.5, "cat": 0.5}, ("a", "big"): {"dog": 0.5, "cat": 0.5},
+         ("big", "dog"): {"<end>": 1.0}, ("big", "cat"): {"<end>": 1.0}}
+
+
+def contrasted(prior_after: dict[str, dict[str, float]]):
+    """Beam search of IMAGE against a prior that agrees with it except after "the big" / "a big"."""
+    prior = {**IMAGE, **{(first, "big"): p for first, p in prior_after.items()}}
+    return beam_search(TwoWordModel(IMAGE, prior), np.zeros((1, 49, 2)), SPECIAL, beam_width=3, max_len=5,
+                       length_penalty=0.0, contrast=Contrast(np.ones((1, 49, 2)), 0.5))
+
+
+def test_contrast_prefers_the_words_the_average_image_would_not_say():
+    # The image cannot choose between dog and cat; the average image says "a big dog" and "the big
+    # cat", so against it this image is "a big cat" and "the big dog". After the first step the beam
+    # reorders ("a big" overtakes "the big"): the prior's rows must follow their hypotheses.
+    out = contrasted({"a": {"dog": 0.9, "cat": 0.1}, "the": {"dog": 0.1, "cat": 0.9}})
+    assert words(out.best) == ["a", "big", "cat"]
+    assert ["the", "big", "dog"] in [words(b) for b in out.beams]
+    assert ["the", "big", "cat"] not in [words(b) for b in out.beams]
+    # The score is each word's log-probability minus half the prior's: a big cat = 0.5 ln .45 + ln .5 - 0.5 ln .1
+    assert np.isclose(out.best.logprob, 0.5 * np.log(0.45) + np.log(0.5) - 0.5 * np.log(0.1))
+    swapped = contrasted({"a": {"dog": 0.1, "cat": 0.9}, "the": {"dog": 0.9, "cat": 0.1}})
+    assert words(swapped.best) == ["a", "big", "dog"]

@@ -18,6 +18,7 @@ from webfixtures import (
     held_bytes,
     multipart,
     running,
+    serving,
     wait_until,
     web_config,
 )
@@ -95,15 +96,17 @@ def test_a_body_without_credentials_is_refused_before_it_is_read(store):
 
 
 def test_an_unchecked_password_gets_one_body_per_address(store):
-    with running(app_for(store, max_upload_bytes=1_000_000, max_login_failures=2)) as url:
+    with serving(app_for(store, max_upload_bytes=1_000_000, max_login_failures=2)) as server:
+        url = f"http://127.0.0.1:{server.port}"
         wrong = "\nAuthorization: " + basic("not it")["Authorization"]
         first = raw(url, post_head(url, "/api/caption", 500_000, wrong), b"x" * 1000)
-        time.sleep(0.2)
+        assert wait_until(lambda: server.guard.in_memory == 500_000)  # the first body is admitted
         second = raw(url, post_head(url, "/api/caption", 500_000, wrong))
         status, headers, body = response(second)
         assert status == 429 and "password" in json.loads(body)["error"]
         first.sendall(b"x" * 499_000)  # the first one is read, then its password checked
         assert response(first)[0] == 401
+        assert wait_until(lambda: server.guard.in_memory == 0)  # and its slot given back
         third = raw(url, post_head(url, "/api/caption", 500_000, wrong))
         third.sendall(b"x" * 500_000)
         assert response(third)[0] == 401
@@ -115,12 +118,13 @@ def test_an_unchecked_password_gets_one_body_per_address(store):
 
 def test_bodies_share_a_memory_budget(store):
     app = app_for(store, max_upload_bytes=200_000, concurrent_uploads=2)
-    with running(app) as url:
+    with serving(app) as server:
+        url = f"http://127.0.0.1:{server.port}"
         auth = "\nAuthorization: " + basic()["Authorization"]
         assert Client(url, basic()).get("/api/stats").status == 200  # the password is now known
         length = 200_000
         slow = [raw(url, post_head(url, "/api/caption", length, auth), b"x" * 10) for _ in range(2)]
-        time.sleep(0.2)
+        assert wait_until(lambda: server.guard.in_memory == 2 * length)  # both bodies are admitted
         third = raw(url, post_head(url, "/api/caption", length, auth))
         status, headers, body = response(third)
         assert status == 503 and headers["retry-after"] and "busy" in json.loads(body)["error"]

@@ -20,6 +20,7 @@ from device.config import Config, WebConfig
 from device.store import Store
 from device.vectors import encode_for_store
 from device.web import make_server
+from device.web.server import WebServer
 
 SAMPLES = Path(__file__).resolve().parent.parent / "device" / "samples"
 PASSWORD = "correct horse battery staple"
@@ -124,16 +125,23 @@ def web_config(data_dir: Path, **web: Any) -> Config:
 
 
 @contextlib.contextmanager
-def running(app: Any, threads: int = 8) -> Iterator[str]:
-    """Serve `app` with waitress on 127.0.0.1:<free port>; yields the base URL."""
+def serving(app: Any, threads: int = 8) -> Iterator[WebServer]:
+    """Serve `app` with waitress on 127.0.0.1:<free port>; yields the server (`.port`, `.guard`)."""
     server = make_server(app, "127.0.0.1", 0, threads=threads)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        yield server
     finally:
         server.stop()
         t.join(10)
+
+
+@contextlib.contextmanager
+def running(app: Any, threads: int = 8) -> Iterator[str]:
+    """Serve `app` as `serving` does; yields the base URL."""
+    with serving(app, threads) as server:
+        yield f"http://127.0.0.1:{server.port}"
 
 
 @dataclass
