@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from device.config import Config, to_toml
+from device.runtime import RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,9 @@ def _version(dist: str) -> str | None:
 
 def check_runtime(r: Report) -> None:
     r.line(OK, "python", f"{platform.python_version()} on {platform.machine()} ({platform.system()})")
-    # the same order device/runtime.py tries; find_spec does not import (TensorFlow takes seconds)
-    for module, dist in (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime"),
-                         ("tensorflow", "tensorflow")):
-        if importlib.util.find_spec(module) is not None:
+    # the order device/runtime.py tries; find_spec does not import (TensorFlow takes seconds)
+    for module, dist in RUNTIMES:
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
             r.line(OK, "runtime", f"{dist} {_version(dist) or ''}".strip())
             return
     r.line(FAIL, "runtime", "no TFLite runtime installed",

@@ -16,11 +16,12 @@ log = logging.getLogger(__name__)
 # Printed by the C++ runtime on stderr for every interpreter, on every command: noise to a user.
 BANNERS = (b"Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
-# (module, what to call it in messages); the first that imports wins.
+# (module, the pip distribution that installs it); the first that imports wins. `edgecap doctor`
+# checks them in this order too.
 RUNTIMES = (
     ("ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite_runtime.interpreter", "tflite-runtime"),
-    ("tensorflow.lite", "tensorflow.lite"),
+    ("tensorflow.lite", "tensorflow"),
 )
 
 

@@ -75,6 +75,9 @@ def test_doctor_reports_each_part(tmp_path: Path) -> None:
     for part in ("config", "runtime", "captioner", "embedder", "camera", "store", "disk", "web"):
         assert any(line.split()[1:2] == [part] for line in lines if line.split()), (part, r.stdout)
     assert "{" not in r.stdout  # issue 14: the quantization was printed as a Python dict
+    from device.runtime import runtime_module
+    used = runtime_module()[1]  # doctor names the runtime the device will use, not another one
+    assert any(line.split()[1:3] == ["runtime", used] for line in lines), r.stdout
     assert "Traceback" not in r.stderr
     # a missing model set is a failure with a hint
     r = edgecap(tmp_path, "--models-dir", str(tmp_path), "doctor")
