@@ -43,11 +43,10 @@ def _export(args) -> None:
 
 
 def _prior(args) -> None:
-    from converters.prior import training_sample, write_prior
+    from converters.prior import training_sample, write_priors
     from device.modelset import available_sets
-    images = training_sample(_dataset(args), args.images)
-    for name in args.sets or available_sets(args.models, kind="captioner"):
-        write_prior(args.models / name, images)
+    names = args.sets or available_sets(args.models, kind="captioner")
+    write_priors([args.models / name for name in names], training_sample(_dataset(args), args.images))
 
 
 def _evaluate(args) -> None:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from converters.data import END, PAD, START, UNK, Dataset, normalize
-from converters.prior import training_sample, write_prior
+from converters.prior import training_sample, write_priors
 from device.modelset import sha256_of, write_manifest
 from device.preprocess import load_image, to_model_input
 from device.runtime import make_interpreter
@@ -202,6 +202,5 @@ def export(dataset: Dataset, out: Path, encoder, decoder, vocab, train_meta: dic
         written.append(write_set(out, name, {"encoder": encoder_bytes, **decoder_files},
                                  {"encoder": "full-integer int8 (uint8 input, float32 output), calibrated "
                                   f"on {len(picks)} training images", "init": quant, "step": quant}, meta))
-    for set_dir in written:
-        write_prior(set_dir, training_sample(dataset))
+    write_priors(written, training_sample(dataset))
     return written

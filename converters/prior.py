@@ -41,13 +41,17 @@ def average_feature_map(set_dir: Path, images: list[Path]) -> np.ndarray:
     return (total / len(images)).astype(np.float32)
 
 
-def write_prior(set_dir: Path, images: list[Path]) -> Path:
-    """Store the set's prior and list it in its manifest (sha256 and size recomputed)."""
-    prior = average_feature_map(set_dir, images)
-    np.save(set_dir / FILE, prior.astype(np.float16))
-    manifest = ModelSet.load(set_dir, verify=False).manifest
-    manifest["files"]["prior"] = FILE
-    manifest["prior"] = {"images": len(images), "what": "mean encoder feature map of training images"}
-    write_manifest(set_dir, manifest)
-    log.info("%s: prior of %d training images", set_dir.name, len(images))
-    return set_dir / FILE
+def write_priors(set_dirs: list[Path], images: list[Path]) -> None:
+    """Store each set's prior and list it in its manifest (sha256 and size recomputed). The prior
+    depends only on the encoder, so sets that share one (every set `export` writes) share the work."""
+    by_encoder: dict[str, np.ndarray] = {}
+    for set_dir in set_dirs:
+        manifest = ModelSet.load(set_dir, verify=False).manifest
+        encoder = manifest["sha256"][manifest["files"]["encoder"]]
+        if encoder not in by_encoder:
+            by_encoder[encoder] = average_feature_map(set_dir, images)
+        np.save(set_dir / FILE, by_encoder[encoder].astype(np.float16))
+        manifest["files"]["prior"] = FILE
+        manifest["prior"] = {"images": len(images), "what": "mean encoder feature map of training images"}
+        write_manifest(set_dir, manifest)
+        log.info("%s: prior of %d training images", set_dir.name, len(images))
