@@ -79,10 +79,11 @@ class Decoder(keras.Model):
         out = tf.tanh(self.out_h(self.drop(h, training=training)) + self.out_c(context) + word)
         return self.logits(self.drop(out, training=training)), h, alpha
 
-    def caption_loss(self, features, tokens, repeat: int = 1, training=True):
+    def caption_loss(self, features, tokens, repeat: int = 1, training=True, word_weights=None):
         """Teacher-forced cross-entropy + attention penalty.
 
-        features [B,49,F]; tokens [B*repeat, T] (each image's `repeat` captions are adjacent).
+        features [B,49,F]; tokens [B*repeat, T] (each image's `repeat` captions are adjacent);
+        word_weights [V], optional: how much each target word's cross-entropy counts.
         """
         values, keys, h = self.init(features, training=training)
         if repeat > 1:  # project each image once, then share it among its captions
@@ -92,7 +93,10 @@ class Decoder(keras.Model):
         mask = tf.cast(tokens[:, 1:] != 0, tf.float32)
         for t in range(steps):
             logits, h, alpha = self.step(tokens[:, t], h, values, keys, training=training)
-            xent += mask[:, t] * tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, t + 1], logits)
+            weight = mask[:, t]
+            if word_weights is not None:
+                weight *= tf.gather(word_weights, tokens[:, t + 1])
+            xent += weight * tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, t + 1], logits)
             alpha_sum += mask[:, t][:, None] * alpha
         words = tf.reduce_sum(mask)
         # Each position should receive about one unit of attention over the whole caption.

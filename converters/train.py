@@ -35,6 +35,7 @@ class TrainConfig:
     clip_norm: float = 5.0
     ema_decay: float = 0.999
     patience: int = 3           # epochs without a better dev BLEU-4
+    rare_word_weight: float = 0.0  # b: a target word seen n times counts 1 + b exp(-n / 500) (Gu et al. 2020)
     seed: int = 1234
 
 
@@ -46,6 +47,13 @@ def encode_split(dataset, names: list[str], vocab: Vocab, max_len: int, per_imag
         caps = (caps * per_image)[:per_image]  # exactly per_image captions per image
         rows += [vocab.encode(normalize(c), max_len) for c in caps]
     return np.asarray(rows, dtype=np.int32)
+
+
+def word_weights(tokens: np.ndarray, vocab_size: int, rare_word_weight: float) -> np.ndarray:
+    """[V] loss weight of each target word: 1 + b exp(-n / 500) for a word seen n times as a target,
+    so that the decoder does not learn to say only the commonest words (token-level adaptive training)."""
+    seen = np.bincount(tokens[:, 1:].ravel(), minlength=vocab_size)
+    return (1.0 + rare_word_weight * np.exp(-seen / 500.0)).astype(np.float32)
 
 
 def greedy_tokens(decoder: Decoder, features: np.ndarray, start: int, steps: int, batch: int = 250):
@@ -169,11 +177,13 @@ def train(dataset: Dataset, work: Path, cfg: TrainConfig, decoder_cfg: dict | No
     (work / "decoder_config.json").write_text(json.dumps({"decoder": dcfg.to_dict(), "train": asdict(cfg)}))
 
     per_image = train_tokens.shape[0] // len(train_names)
+    weights = tf.constant(word_weights(train_tokens, len(vocab), cfg.rare_word_weight)) \
+        if cfg.rare_word_weight else None
 
     @tf.function
     def train_step(feats, tokens):
         with tf.GradientTape() as tape:
-            loss = decoder.caption_loss(feats, tokens, repeat=per_image, training=True)
+            loss = decoder.caption_loss(feats, tokens, repeat=per_image, training=True, word_weights=weights)
         grads = tape.gradient(loss, decoder.trainable_variables)
         optimizer.apply_gradients(zip(grads, decoder.trainable_variables))
         ema.update()
