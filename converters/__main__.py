@@ -27,7 +27,7 @@ def _train(args) -> None:
     from converters.train import TrainConfig, train
     cfg = TrainConfig(epochs=args.epochs)
     for option in ("images_per_batch", "min_count", "max_len", "learning_rate", "lr_decay",
-                   "rare_word_weight"):
+                   "rare_word_weight", "patience"):
         if getattr(args, option):
             setattr(cfg, option, getattr(args, option))
     train(_dataset(args), args.work, cfg, resume=args.resume)
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--lr-decay", type=float, default=0.0, help="learning-rate factor per epoch")
         p.add_argument("--rare-word-weight", type=float, default=0.0,
                        help="b: a word seen n times weighs 1 + b exp(-n / 500) in the loss")
+        p.add_argument("--patience", type=int, default=0,
+                       help="stop after this many epochs without a better dev score (default: TrainConfig's)")
         p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
 
     training_options(command("train", _train, "train the decoder on the cached features"))

@@ -193,6 +193,8 @@ def train(dataset: Dataset, work: Path, cfg: TrainConfig, decoder_cfg: dict | No
     bad_epochs = int(epoch_var.numpy()) - state["best_epoch"]
     for epoch in range(int(epoch_var.numpy()) + 1, cfg.epochs + 1):
         if bad_epochs >= cfg.patience:
+            log.info("stopped early: no better dev score in the %d epochs since epoch %d "
+                     "(a larger --patience continues with --resume)", bad_epochs, state["best_epoch"])
             break
         optimizer.learning_rate.assign(cfg.learning_rate * cfg.lr_decay ** (epoch - 1))
         order = rng.permutation(len(train_names))

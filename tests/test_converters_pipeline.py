@@ -26,7 +26,8 @@ def pipeline(tmp_path_factory):
            "--work", str(tmp / "work"),
            "--models", str(tmp / "models"), "--report", str(tmp / "report.json"),
            "--encoder-weights", "none", "--epochs", "1", "--min-count", "2", "--max-len", "12",
-           "--images-per-batch", "4", "--calibration", "4", "--rare-word-weight", "0.5"]
+           "--images-per-batch", "4", "--calibration", "4", "--rare-word-weight", "0.5",
+           "--patience", "2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -39,7 +40,8 @@ def test_training_leaves_checkpoint_history_and_curves(pipeline):
     state = json.loads((work / "train_state.json").read_text())
     assert [h["epoch"] for h in state["history"]] == [1]
     assert state["history"][0]["train_loss"] > 0
-    assert json.loads((work / "decoder_config.json").read_text())["train"]["rare_word_weight"] == 0.5
+    train_config = json.loads((work / "decoder_config.json").read_text())["train"]
+    assert train_config["rare_word_weight"] == 0.5 and train_config["patience"] == 2
     assert set(state["history"][0]["dev"]) == {"flickr8k", "coco"}  # selected on both dev splits
     assert (work / "best.weights.h5").is_file() and (work / "training_curves.png").is_file()
     assert (work / "features.done").read_text() == "16"
