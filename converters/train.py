@@ -34,7 +34,7 @@ class TrainConfig:
     lr_decay: float = 0.8       # per epoch
     clip_norm: float = 5.0
     ema_decay: float = 0.999
-    patience: int = 3           # epochs without a better dev BLEU-4
+    patience: int = 3           # epochs without a better dev score (BLEU-4 + 100 x CIDEr, both splits)
     rare_word_weight: float = 0.0  # b: a target word seen n times counts 1 + b exp(-n / 500) (Gu et al. 2020)
     seed: int = 1234
 
