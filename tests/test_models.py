@@ -80,13 +80,11 @@ def test_recorded_metrics_meet_the_targets():
     flickr = metrics["captioner-int8"]["flickr8k_test"]
     assert flickr["BLEU-4"] >= 19.0
     assert flickr["CIDEr"] >= 0.47
-    # Issue 11 asks for 300 distinct words on Flickr8k test; the shipped decoding has 266 (the
-    # Flickr8k-only captioner had 189): docs/models.md says so. The bound holds what was measured.
-    assert flickr["distinct_words"] >= 265
+    assert flickr["distinct_words"] >= 300  # issue 11; the Flickr8k-only captioner had 189
     decoding = ModelSet.load(MODELS / "captioner-int8").manifest["decoding"]
-    for setting in ("rarity", "no_repeat", "contrast", "length_penalty"):  # measured = what dev chose
+    for setting in ("rarity", "tag_bias", "no_repeat", "contrast", "length_penalty"):  # measured = what dev chose
         assert flickr[setting] == decoding[setting], setting
-    assert decoding["contrast"] > 0 and decoding["rarity"] > 0 and decoding["no_repeat"]
+    assert decoding["contrast"] > 0 and decoding["tag_bias"] > 0 and decoding["no_repeat"]
     assert metrics["captioner-int8"]["coco_dev"]["CIDEr"] >= 0.45  # COCO val; the previous model: 0.287
     # What 4-bit and int8 weights cost against the float decoder (0.61 / 0.26 BLEU-4 before
     # contrastive decoding; 0.23 / 0.08 with it).
@@ -199,15 +197,18 @@ def test_the_rarity_bonus_favours_rarer_words_and_adds_to_the_tag_bonus():
 
 def test_with_no_repeat_a_caption_says_each_content_word_once():
     from device.captioner import FUNCTION_WORDS
+    from PIL import ImageOps
     captioner = Captioner.load(MODELS / "captioner-int8", num_threads=1)
-    images = [load_image(p) for p in sorted(SAMPLES.glob("*.jpg"))]
+    # The photos and their mirror images: the decoder repeats itself on some of the mirrored ones.
+    photos = [load_image(p) for p in sorted(SAMPLES.glob("*.jpg"))]
+    images = photos + [ImageOps.mirror(photo) for photo in photos]
 
     def repeats(caption) -> set[str]:
         return {w for w in caption.words if caption.words.count(w) > 1 and w not in FUNCTION_WORDS}
 
-    captioner.rarity, captioner.no_repeat = 0.0, False  # plain beam search
+    captioner.rarity, captioner.no_repeat = 0.0, False  # no repeat rule
     free = [captioner.caption(image) for image in images]
-    assert any(repeats(c) for c in free), [c.text for c in free]  # e.g. "... a blue shirt and white shirt"
+    assert any(repeats(c) for c in free), [c.text for c in free]  # e.g. "a wooden table with a table in his mouth"
     captioner.no_repeat = True
     once = [captioner.caption(image) for image in images]
     assert not any(repeats(c) for c in once), [c.text for c in once]

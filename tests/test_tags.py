@@ -140,8 +140,10 @@ def test_searching_an_object_word_returns_its_photo_first(sample_store, name, wo
     right = {ids[n] for n in RIGHT[word]}
     assert hits and hits[0]["id"] in right, [(h["id"], h["caption"], h["tags"]) for h in hits]
     assert ids[name] in {h["id"] for h in hits[:len(right)]}  # the tagged photo among the right ones
-    # Keyword-only (no embedder), plural: the tag alone finds it
-    assert search(store, PLURALS[word], k=5).items[0]["id"] == ids[name]
+    # Keyword-only (no embedder), plural: the tag alone finds it (the cat in a box is found by its
+    # second beam, "a cat is sitting on a bench", and may come first)
+    keyword = [h["id"] for h in search(store, PLURALS[word], k=5).items]
+    assert keyword and keyword[0] in right and ids[name] in keyword[:len(right)], keyword
 
 
 def test_tags_are_stored_returned_and_deleted_with_their_capture(sample_store):
