@@ -196,8 +196,9 @@ def test_the_rarity_bonus_favours_rarer_words_and_adds_to_the_tag_bonus():
 
 
 def test_with_no_repeat_a_caption_says_each_content_word_once():
-    from device.captioner import FUNCTION_WORDS
     from PIL import ImageOps
+
+    from device.captioner import FUNCTION_WORDS
     captioner = Captioner.load(MODELS / "captioner-int8", num_threads=1)
     # The photos and their mirror images: the decoder repeats itself on some of the mirrored ones.
     photos = [load_image(p) for p in sorted(SAMPLES.glob("*.jpg"))]
