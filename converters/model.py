@@ -91,12 +91,10 @@ class Decoder(keras.Model):
         steps = tokens.shape[1] - 1
         xent, alpha_sum = 0.0, 0.0
         mask = tf.cast(tokens[:, 1:] != 0, tf.float32)
+        weight = mask if word_weights is None else mask * tf.gather(word_weights, tokens[:, 1:])
         for t in range(steps):
             logits, h, alpha = self.step(tokens[:, t], h, values, keys, training=training)
-            weight = mask[:, t]
-            if word_weights is not None:
-                weight *= tf.gather(word_weights, tokens[:, t + 1])
-            xent += weight * tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, t + 1], logits)
+            xent += weight[:, t] * tf.nn.sparse_softmax_cross_entropy_with_logits(tokens[:, t + 1], logits)
             alpha_sum += mask[:, t][:, None] * alpha
         words = tf.reduce_sum(mask)
         # Each position should receive about one unit of attention over the whole caption.
